@@ -1,0 +1,508 @@
+"""The Casting Agency API: the application factory and its routes.
+
+Actors and movies are two instances of one resource implementation
+(`resource_blueprint`); they differ in their model and schemas, not in code.
+"""
+
+import functools
+import json
+import logging
+import os
+
+from dotenv import load_dotenv
+from flask import Flask, request, url_for
+from flask.views import MethodView
+from flask_cors import CORS
+from flask_migrate import Migrate
+from flask_smorest import Api, Blueprint
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from werkzeug.routing import BaseConverter
+
+import schemas
+from auth import init_auth, requires_auth, token_command
+from models import MAX_ID, Actor, Casting, Movie, columns, db
+
+MIB = 1024 * 1024
+# An oversized body is read and discarded up to this bound before the 413, so
+# the client sees the answer instead of a reset connection.
+DRAIN_LIMIT = 64 * MIB
+
+
+# --- configuration ------------------------------------------------------------
+
+
+def database_url(url):
+    """Normalise a database URL to the psycopg2 driver: Heroku hands out
+    `postgres://`, which SQLAlchemy rejects, and SQLAlchemy 2.1 reads a bare
+    `postgresql://` as psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def engine_options(url, pool_size):
+    if url.startswith("sqlite"):
+        return {}
+    return {
+        "pool_size": pool_size,
+        "max_overflow": 0,  # the pool size is a hard cap: see DB_POOL_SIZE in the README
+        "pool_timeout": 10,
+        "pool_pre_ping": True,  # a restarted database costs no failed request
+        "connect_args": {"connect_timeout": 5},  # a stopped database is a 503, not a hang
+    }
+
+
+def load_config(app, test_config):
+    load_dotenv(os.path.join(app.root_path, ".env"))  # the environment wins over .env
+    env = os.environ
+    config = {
+        "DATABASE_URL": env.get("DATABASE_URL")
+        or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
+        "DB_POOL_SIZE": int(env.get("DB_POOL_SIZE", 5)),
+        "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", MIB)),
+        "CORS_ORIGINS": env.get("CORS_ORIGINS", ""),
+        "AUTH0_DOMAIN": env.get("AUTH0_DOMAIN"),
+        "API_AUDIENCE": env.get("API_AUDIENCE"),
+        "AUTH0_ISSUER": env.get("AUTH0_ISSUER"),
+        "JWKS_URL": env.get("JWKS_URL"),
+        "JWKS_TIMEOUT": float(env.get("JWKS_TIMEOUT", 5)),
+        "JWKS_MIN_REFETCH_INTERVAL": float(env.get("JWKS_MIN_REFETCH_INTERVAL", 30)),
+        # Set by gunicorn.conf.py: a production start refuses the local issuer.
+        "REQUIRE_ISSUER": env.get("REQUIRE_ISSUER", "") not in ("", "0"),
+        "API_TITLE": "Casting Agency API",
+        "API_VERSION": "1.0",
+        "OPENAPI_VERSION": "3.1.0",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+    }
+    config.update(test_config or {})
+    url = database_url(config["DATABASE_URL"])
+    config["SQLALCHEMY_DATABASE_URI"] = url
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, config["DB_POOL_SIZE"])
+    app.config.update(config)
+
+
+# --- request parsing ----------------------------------------------------------
+
+
+class IdConverter(BaseConverter):
+    """A resource id in a path. Any run of digits matches, so an id too large for
+    the database is a 404 from the handler (after authentication), whatever the
+    method; Werkzeug's `int` would refuse it and the router would answer 405."""
+
+    regex = r"[0-9]+"
+
+    def to_python(self, value):
+        return int(value) if len(value) <= 18 else MAX_ID + 1
+
+    def to_url(self, value):
+        return str(value)
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+class BodyParser(FlaskParser):
+    """Reads a JSON body with the SPEC's statuses: no body 400, not JSON 415,
+    malformed JSON (NaN and Infinity included) or not an object 400."""
+
+    def load_json(self, req, schema):
+        body = req.get_data(cache=True)
+        if not body:
+            if getattr(schema, "body_optional", False):
+                return {}
+            raise BadRequest("a JSON body is required")
+        if not req.is_json:
+            raise UnsupportedMediaType("the body must be sent as application/json")
+        try:
+            data = json.loads(body, parse_constant=_not_json)
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the body must be a JSON object")
+        return data
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
+
+def fetch(model, key):
+    """Replace the id in the view's `key` argument by its row, or answer 404."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            kwargs[key] = get_or_404(model, kwargs[key])
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def get_or_404(model, id_):
+    row = db.session.get(model, id_) if id_ <= MAX_ID else None
+    if row is None:
+        raise NotFound(f"{model.__tablename__[:-1]} {id_} not found")
+    return row
+
+
+# --- lists --------------------------------------------------------------------
+
+
+def contains(column, q):
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.ilike(f"%{escaped}%", escape="\\")
+
+
+def page_of(statement, model, search_column, args):
+    """One page of `statement` (rows of `model`), ordered by id, with its total."""
+    if "q" in args:
+        statement = statement.where(contains(search_column, args["q"]))
+    total = db.session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
+    offset = (args["page"] - 1) * args["per_page"]
+    rows = []
+    if offset < total:  # a page past the end is empty, whatever its number
+        rows = db.session.execute(statement.order_by(model.id).limit(args["per_page"]).offset(offset)).all()
+    return rows, total
+
+
+# --- resources ----------------------------------------------------------------
+
+
+class Resource:
+    """What differs between actors and movies: the model, the schemas, the nouns."""
+
+    def __init__(self, model, schema, patch_schema, cast_schema, singular, plural, search_column):
+        self.model = model
+        self.schema = schema
+        self.patch_schema = patch_schema
+        self.cast_schema = cast_schema
+        self.singular = singular
+        self.plural = plural
+        self.search_column = search_column
+        self.key = f"{singular}_id"
+        self.item_envelope = schemas.item_envelope(schema, singular)
+        self.page_envelope = schemas.page_envelope(schema, plural)
+
+
+ACTORS = Resource(
+    Actor, schemas.ActorSchema, schemas.ActorPatchSchema, schemas.CastActorSchema, "actor", "actors", Actor.name
+)
+MOVIES = Resource(
+    Movie, schemas.MovieSchema, schemas.MoviePatchSchema, schemas.CastMovieSchema, "movie", "movies", Movie.title
+)
+
+
+def resource_blueprint(res):
+    blp = ApiBlueprint(res.plural, __name__, url_prefix=f"/{res.plural}", description=f"The {res.plural}.")
+
+    @blp.route("")
+    class Collection(MethodView):
+        @requires_auth(f"get:{res.plural}")
+        @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
+        @blp.response(200, res.page_envelope)
+        def get(self, args):
+            """List, paginated, optionally filtered by ?q="""
+            rows, total = page_of(select(res.model), res.model, res.search_column, args)
+            return {
+                "success": True,
+                res.plural: [row[0] for row in rows],
+                f"total_{res.plural}": total,
+                "page": args["page"],
+                "per_page": args["per_page"],
+            }
+
+        @requires_auth(f"add:{res.plural}")
+        @blp.arguments(res.schema)
+        @blp.response(201, res.item_envelope)
+        def post(self, data):
+            """Create"""
+            row = res.model(**data)
+            db.session.add(row)
+            db.session.commit()
+            location = url_for(f"{res.plural}.Item", **{res.key: row.id})
+            return {"success": True, res.singular: row}, {"Location": location}
+
+    @blp.route(f"/<id:{res.key}>")
+    class Item(MethodView):
+        @requires_auth(f"get:{res.plural}")
+        @fetch(res.model, res.key)
+        @blp.response(200, res.item_envelope)
+        def get(self, **row):
+            """Get one"""
+            return {"success": True, res.singular: row[res.key]}
+
+        @requires_auth(f"edit:{res.plural}")
+        @fetch(res.model, res.key)
+        @blp.arguments(res.patch_schema)
+        @blp.response(200, res.item_envelope)
+        def patch(self, data, **row):
+            """Change any non-empty subset of the fields"""
+            item = row[res.key]
+            for field, value in data.items():
+                setattr(item, field, value)
+            db.session.commit()
+            return {"success": True, res.singular: item}
+
+        @requires_auth(f"delete:{res.plural}")
+        @fetch(res.model, res.key)
+        @blp.response(200, schemas.DeletedSchema)
+        def delete(self, **row):
+            """Delete, with its castings"""
+            item = row[res.key]
+            db.session.delete(item)
+            db.session.commit()
+            return {"success": True, "delete": item.id}
+
+    return blp
+
+
+def cast_list(blp, owner, other, permission):
+    """GET /<owner>/<id>/<other>: the other side of an owner's castings, each
+    item with its `character`."""
+    envelope = schemas.page_envelope(other.cast_schema, other.plural, owner_key=owner.key)
+    owner_column = getattr(Casting, owner.key)
+    other_column = getattr(Casting, other.key)
+
+    @blp.route(f"/<id:{owner.key}>/{other.plural}")
+    class CastList(MethodView):
+        @requires_auth(permission)
+        @fetch(owner.model, owner.key)
+        @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
+        @blp.response(200, envelope)
+        def get(self, args, **row):
+            owner_id = row[owner.key].id
+            statement = (
+                select(other.model, Casting.character)
+                .join(Casting, other_column == other.model.id)
+                .where(owner_column == owner_id)
+            )
+            rows, total = page_of(statement, other.model, other.search_column, args)
+            return {
+                "success": True,
+                owner.key: owner_id,
+                other.plural: [dict(columns(item), character=character) for item, character in rows],
+                f"total_{other.plural}": total,
+                "page": args["page"],
+                "per_page": args["per_page"],
+            }
+
+    CastList.get.__doc__ = f"List the {other.plural} of one {owner.singular}, each with its character"
+
+
+def casting_routes(blp):
+    """PUT and DELETE /movies/<movie_id>/actors/<actor_id>."""
+
+    @blp.route("/<id:movie_id>/actors/<id:actor_id>")
+    class CastingItem(MethodView):
+        @requires_auth("edit:movies")
+        @fetch(Movie, "movie_id")
+        @fetch(Actor, "actor_id")
+        @blp.arguments(schemas.CastingBodySchema(), required=False)
+        @blp.response(200, schemas.CastingEnvelopeSchema)
+        @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
+        def put(self, data, movie_id, actor_id):
+            """Cast an actor in a movie (idempotent); a body sets the character"""
+            ids = {"movie_id": movie_id.id, "actor_id": actor_id.id}
+            casting = db.session.get(Casting, (movie_id.id, actor_id.id))
+            status = 200
+            if casting is None:
+                casting = Casting(**ids)
+                db.session.add(casting)
+                status = 201
+            if "character" in data:
+                casting.character = data["character"]
+            try:
+                db.session.commit()
+            except IntegrityError:
+                # Another request cast the same pair first: now it is an update.
+                db.session.rollback()
+                casting = get_or_404(Casting, (movie_id.id, actor_id.id))
+                if "character" in data:
+                    casting.character = data["character"]
+                db.session.commit()
+                status = 200
+            return {"success": True, "casting": casting}, status
+
+        @requires_auth("edit:movies")
+        @fetch(Movie, "movie_id")
+        @fetch(Actor, "actor_id")
+        @blp.response(200, schemas.DeletedSchema)
+        def delete(self, movie_id, actor_id):
+            """Remove an actor from a movie's cast"""
+            casting = db.session.get(Casting, (movie_id.id, actor_id.id))
+            if casting is None:
+                raise NotFound(f"actor {actor_id.id} is not cast in movie {movie_id.id}")
+            db.session.delete(casting)
+            db.session.commit()
+            return {"success": True, "delete": actor_id.id}
+
+
+# --- errors -------------------------------------------------------------------
+
+MESSAGES = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "resource not found",
+    405: "method not allowed",
+    413: "request body too large",
+    415: "unsupported media type",
+    422: "unprocessable entity",
+    500: "internal server error",
+    503: "service unavailable",
+}
+
+
+def _field_errors(messages):
+    """{"json": {"name": [...]}} -> ({"name": [...]}, "name: ...; age: ...")."""
+    fields = {}
+    for location_errors in (messages or {}).values():
+        fields.update(location_errors)
+    summary = "; ".join(
+        f"{field}: {' '.join(map(str, errors)) if isinstance(errors, list) else errors}"
+        for field, errors in fields.items()
+    )
+    return fields, summary
+
+
+def error_response(e):
+    """Every HTTP error, from every layer, in one JSON envelope. Starts from the
+    exception's own response so headers such as a 405's Allow survive."""
+    response = e.get_response()
+    body = {"success": False, "error": e.code, "message": MESSAGES.get(e.code, e.name.lower())}
+    if "description" in vars(e):  # a message we wrote, not Werkzeug's default
+        body["message"] = e.description
+    fields, summary = _field_errors(getattr(e, "data", {}).get("messages"))
+    if fields:
+        body["message"] = f"invalid {'fields' if e.code == 422 else 'query parameters'}: {summary}"
+        body["errors"] = fields
+    if hasattr(e, "error_code"):
+        body["code"] = e.error_code
+    response.data = json.dumps(body)
+    response.content_type = "application/json"
+    return response
+
+
+def register_error_handlers(app):
+    app.register_error_handler(HTTPException, error_response)
+
+    @app.errorhandler(StaleDataError)
+    def row_vanished(e):  # deleted by another request while we changed it
+        db.session.rollback()
+        return error_response(NotFound("the resource was deleted meanwhile"))
+
+    @app.errorhandler(DBAPIError)
+    def database_error(e):
+        db.session.rollback()
+        if e.connection_invalidated or isinstance(e.orig, _unreachable_errors()):
+            app.logger.warning("database unavailable: %s", e.orig)
+            return error_response(ServiceUnavailable("the database is unavailable"))
+        app.logger.exception("database error")
+        return error_response(InternalServerError())
+
+    @app.errorhandler(Exception)
+    def unexpected(e):
+        if isinstance(e, SQLAlchemyError):
+            db.session.rollback()
+        app.logger.exception("unexpected error")  # the traceback stays in the server log
+        return error_response(InternalServerError())
+
+
+def _unreachable_errors():
+    import sqlite3
+
+    errors = (sqlite3.OperationalError,)
+    try:
+        import psycopg2
+
+        errors += (psycopg2.OperationalError, psycopg2.InterfaceError)
+    except ImportError:  # pragma: no cover
+        pass
+    return errors
+
+
+def refuse_oversized_body():
+    """413 before authentication; routing errors (404, 405) come first."""
+    if request.routing_exception is not None:
+        return
+    length = request.content_length
+    if length is not None and length > request.max_content_length:
+        stream = request.environ["wsgi.input"]
+        remaining = min(length, DRAIN_LIMIT)
+        while remaining > 0:
+            chunk = stream.read(min(remaining, MIB))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes")
+
+
+# --- the factory --------------------------------------------------------------
+
+
+def create_app(test_config=None):
+    app = Flask(__name__, static_folder=None)
+    load_config(app, test_config)
+    app.json.sort_keys = False  # keep "success" first and fields in schema order
+    logging.basicConfig(level=logging.INFO)
+
+    db.init_app(app)
+    Migrate(app, db, render_as_batch=True)  # batch mode: SQLite cannot ALTER most things
+    init_auth(app)
+    origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
+    if origins:
+        CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=["Location"])
+
+    app.url_map.converters["id"] = IdConverter
+    api = Api(app)
+    api.register_converter(IdConverter, lambda converter: {"type": "integer", "minimum": 0})
+    api.ERROR_SCHEMA = schemas.ErrorSchema
+    for res, other in ((ACTORS, MOVIES), (MOVIES, ACTORS)):
+        blp = resource_blueprint(res)
+        cast_list(blp, res, other, f"get:{res.plural}")
+        if res is MOVIES:
+            casting_routes(blp)
+        api.register_blueprint(blp)
+    register_error_handlers(app)
+    app.before_request(refuse_oversized_body)
+
+    @app.get("/")
+    def index():
+        return {
+            "success": True,
+            "name": app.config["API_TITLE"],
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+        }
+
+    @app.get("/health")
+    def health():
+        try:
+            db.session.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            db.session.rollback()
+            return error_response(ServiceUnavailable("the database is unavailable"))
+        return {"success": True, "database": "ok"}
+
+    from seed import seed_command
+
+    app.cli.add_command(token_command)
+    app.cli.add_command(seed_command)
+    return app

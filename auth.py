@@ -1,0 +1,316 @@
+"""Bearer-token authentication and permission checks.
+
+Every protected endpoint is wrapped in `requires_auth(permission)`. A token is
+accepted only if it is an RS256 JWT whose `kid` names a key of the issuer's
+key set, whose signature verifies, whose `iss` and `aud` match the
+configuration and whose `exp` (required) and `nbf` (when present) hold; then
+its `permissions` claim (where Auth0 RBAC puts them) must hold the endpoint's
+permission. The checklist is RFC 8725's.
+
+Keys come from one of two sources behind the same verification code:
+
+* `JWKSKeys`: the issuer's published JWKS (Auth0, or any issuer), fetched with
+  a timeout and cached; an unknown `kid` refetches at most once per interval.
+* `LocalIssuer`: with no issuer configured, an RSA key kept in the instance
+  folder, so a newcomer has a working, authenticated API offline. It also
+  signs the tokens that `flask token ROLE` prints.
+"""
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import urllib.request
+
+import click
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import current_app, g, request
+from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ["RS256"]  # an allow-list: the token's own header never chooses
+
+_ASSISTANT = ["get:actors", "get:movies"]
+_DIRECTOR = _ASSISTANT + ["add:actors", "edit:actors", "delete:actors", "edit:movies"]
+_PRODUCER = _DIRECTOR + ["add:movies", "delete:movies"]
+ROLES = {
+    "Casting Assistant": _ASSISTANT,
+    "Casting Director": _DIRECTOR,
+    "Executive Producer": _PRODUCER,
+}
+PERMISSIONS = _PRODUCER
+
+LOCAL_ISSUER = "urn:casting-agency:local-issuer"
+LOCAL_AUDIENCE = "casting-agency"
+
+
+class AuthError(Unauthorized):
+    """A 401 whose message says why, with a machine-readable `code` beside it."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.error_code = code
+
+
+class IssuerUnavailable(ServiceUnavailable):
+    error_code = "issuer_unavailable"
+
+
+# --- key sources --------------------------------------------------------------
+
+
+class JWKSKeys:
+    """The issuer's JWKS, fetched on first use and cached in the process.
+
+    A `kid` not in the cache triggers a refetch, but at most one per
+    `min_interval` seconds (fetch failures included), so no stream of forged
+    `kid`s can make the API hammer the issuer, while a rotated key is picked up.
+    When a refetch fails the cached keys keep serving.
+    """
+
+    def __init__(self, url, timeout=5.0, min_interval=30.0):
+        self.url = url
+        self.timeout = timeout
+        self.min_interval = min_interval
+        self._keys = {}
+        self._fetched_at = None
+        self._lock = threading.Lock()
+
+    def get(self, kid):
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        with self._lock:  # one refetch at a time; the others then see its result
+            key = self._keys.get(kid)
+            now = time.monotonic()
+            if key is None and (self._fetched_at is None or now - self._fetched_at >= self.min_interval):
+                self._fetched_at = now
+                self._refresh()
+                key = self._keys.get(kid)
+        if key is None and not self._keys:
+            raise IssuerUnavailable("the token issuer's keys cannot be fetched")
+        return key
+
+    def _refresh(self):
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as response:
+                document = json.load(response)
+            keys = {}
+            for jwk in document["keys"]:
+                if isinstance(jwk, dict) and jwk.get("kty") == "RSA" and jwk.get("use", "sig") == "sig":
+                    kid = jwk.get("kid")
+                    if isinstance(kid, str):
+                        keys[kid] = jwt.PyJWK(jwk, algorithm="RS256").key
+        except Exception as exc:  # any failure: keep what we have
+            log.warning("fetching the JWKS from %s failed: %s", self.url, exc)
+            return
+        self._keys = keys
+
+
+class LocalIssuer:
+    """An RSA key in the instance folder: verifies like a JWKS, and signs tokens."""
+
+    def __init__(self, path, issuer=LOCAL_ISSUER, audience=LOCAL_AUDIENCE):
+        self.issuer = issuer
+        self.audience = audience
+        self._private_key = _load_or_create_key(path)
+        self.public_key = self._private_key.public_key()
+        self.kid = _thumbprint(self.public_key)
+
+    def get(self, kid):
+        return self.public_key if kid == self.kid else None
+
+    def mint(self, permissions, lifetime, subject="local-user"):
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": now,
+            "exp": now + lifetime,
+            "permissions": list(permissions),
+        }
+        return jwt.encode(claims, self._private_key, algorithm="RS256", headers={"kid": self.kid})
+
+
+def _load_or_create_key(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        # O_EXCL: of two processes starting at once, one creates and one reads.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as file:
+            return serialization.load_pem_private_key(file.read(), password=None)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with os.fdopen(fd, "wb") as file:
+        file.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return key
+
+
+def _thumbprint(public_key):
+    """The RFC 7638 thumbprint of an RSA public key, used as its `kid`."""
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public_key))
+    canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# --- verification -------------------------------------------------------------
+
+_DECODE_ERRORS = [  # most specific first: several are subclasses of others
+    (jwt.ExpiredSignatureError, "token_expired", "token has expired"),
+    (jwt.ImmatureSignatureError, "token_not_yet_valid", "token is not valid yet"),
+    (jwt.InvalidAudienceError, "invalid_audience", "token audience is invalid"),
+    (jwt.InvalidIssuerError, "invalid_issuer", "token issuer is invalid"),
+    (jwt.InvalidSignatureError, "invalid_signature", "token signature is invalid"),
+    (jwt.DecodeError, "malformed_token", "token is malformed"),
+]
+
+
+class Verifier:
+    def __init__(self, keys, issuer, audience):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+
+    def verify(self, token):
+        """Return the claims of a valid token; raise AuthError otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError("malformed_token", "token is malformed") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise AuthError("invalid_algorithm", "token must be signed with RS256")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise AuthError("missing_kid", "token header has no key id (kid)")
+        key = self.keys.get(kid)
+        if key is None:
+            raise AuthError("unknown_key", "token is signed with an unknown key")
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError("missing_claim", f"token lacks the required claim '{exc.claim}'") from None
+        except jwt.InvalidTokenError as exc:
+            for error, code, message in _DECODE_ERRORS:
+                if isinstance(exc, error):
+                    raise AuthError(code, message) from None
+            raise AuthError("invalid_token", "token is invalid") from None
+
+
+def bearer_token():
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise AuthError("authorization_header_missing", "authorization header is missing")
+    parts = header.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise AuthError("invalid_header", "authorization header must be 'Bearer <token>'")
+    return parts[1]
+
+
+def requires_auth(permission):
+    """Allow the view only to a valid token carrying `permission`."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            claims = current_app.extensions["auth"].verify(bearer_token())
+            permissions = claims.get("permissions")
+            if not isinstance(permissions, list) or permission not in permissions:
+                raise Forbidden(f"permission '{permission}' is required")
+            g.claims = claims
+            return view(*args, **kwargs)
+
+        # Read by the OpenAPI description (see app.py).
+        wrapper.permission = permission
+        return wrapper
+
+    return decorator
+
+
+# --- set-up -------------------------------------------------------------------
+
+
+def issuer_settings(config):
+    """(issuer, jwks_url) from the configuration, or None for the local issuer."""
+    domain = config.get("AUTH0_DOMAIN")
+    issuer = config.get("AUTH0_ISSUER") or (f"https://{domain}/" if domain else None)
+    jwks_url = config.get("JWKS_URL") or (f"https://{domain}/.well-known/jwks.json" if domain else None)
+    if not (issuer or jwks_url):
+        return None
+    if not (issuer and jwks_url):
+        raise RuntimeError("set AUTH0_DOMAIN, or both AUTH0_ISSUER and JWKS_URL")
+    return issuer, jwks_url
+
+
+def init_auth(app):
+    settings = issuer_settings(app.config)
+    if settings is None:
+        if app.config.get("REQUIRE_ISSUER"):
+            raise RuntimeError(
+                "no token issuer configured: set AUTH0_DOMAIN (or AUTH0_ISSUER and JWKS_URL) "
+                "and API_AUDIENCE; a production start refuses to run with the local issuer"
+            )
+        local = LocalIssuer(
+            os.path.join(app.instance_path, "local-issuer-key.pem"),
+            audience=app.config.get("API_AUDIENCE") or LOCAL_AUDIENCE,
+        )
+        app.logger.warning(
+            "LOCAL ISSUER IN USE: no AUTH0_DOMAIN or JWKS_URL is set, so tokens are signed and "
+            "verified with the key in %s. Fine for development; never for production.",
+            app.instance_path,
+        )
+        app.extensions["auth"] = Verifier(local, local.issuer, local.audience)
+        return
+    issuer, jwks_url = settings
+    audience = app.config.get("API_AUDIENCE")
+    if not audience:
+        raise RuntimeError("API_AUDIENCE must be set when a token issuer is configured")
+    keys = JWKSKeys(
+        jwks_url,
+        timeout=float(app.config["JWKS_TIMEOUT"]),
+        min_interval=float(app.config["JWKS_MIN_REFETCH_INTERVAL"]),
+    )
+    app.extensions["auth"] = Verifier(keys, issuer, audience)
+
+
+def role_permissions(name):
+    """The permissions of a role named in any case, with spaces or hyphens."""
+    wanted = name.replace("-", " ").replace("_", " ").split()
+    for role, permissions in ROLES.items():
+        if role.lower().split() == [word.lower() for word in wanted]:
+            return permissions
+    raise click.BadParameter(f"unknown role {name!r}; choose one of: " + ", ".join(ROLES))
+
+
+@click.command("token")
+@click.argument("role")
+@click.option("--lifetime", default=86400, show_default=True, type=click.IntRange(min=1), help="Seconds it is valid.")
+def token_command(role, lifetime):
+    """Print a local issuer's token for ROLE (e.g. casting-director)."""
+    permissions = role_permissions(role)
+    keys = current_app.extensions["auth"].keys
+    if not isinstance(keys, LocalIssuer):
+        raise click.ClickException("tokens come from the configured issuer (Auth0), not from this app")
+    click.echo(keys.mint(permissions, lifetime, subject=f"local|{role.lower()}"))
+

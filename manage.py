@@ -1,0 +1,12 @@
+"""`python manage.py db upgrade`, `python manage.py seed`, `python manage.py token ROLE`:
+the commands the seeds' users know (from Flask-Script, which no longer runs on
+Flask 2+), as a FlaskGroup over the same app as `flask`."""
+
+from flask.cli import FlaskGroup
+
+from app import create_app
+
+cli = FlaskGroup(create_app=create_app)
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# ./setup.sh serve   set up, then serve the API on http://127.0.0.1:${PORT:-5000}
+# ./setup.sh test    set up, then run the whole test suite (extra arguments go to pytest)
+#
+# Set-up: a virtual environment in .venv with requirements.txt installed, the
+# database upgraded to the latest migration, the sample data loaded when the
+# database is empty. Each step is skipped when already done, so a second run is
+# fast and harmless.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { echo "usage: ./setup.sh serve|test [pytest arguments]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+mode=$1; shift
+case $mode in serve|test) ;; *) usage ;; esac
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$python" -m venv .venv
+fi
+# Install only when requirements.txt changed since the last install.
+stamp=.venv/.requirements.sha256
+want=$(.venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(open("requirements.txt","rb").read()).hexdigest())')
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing requirements.txt"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+export FLASK_APP=app
+flask=.venv/bin/flask
+echo "== upgrading the database"
+"$flask" db upgrade 2>&1 | grep -v '^INFO' || true
+"$flask" seed --if-empty
+
+if [ "$mode" = test ]; then
+  echo "== running the tests${TEST_DATABASE_URL:+ on \$TEST_DATABASE_URL}"
+  exec .venv/bin/python -m pytest "$@"
+fi
+
+port=${PORT:-5000}
+if "$flask" token casting-assistant >/dev/null 2>&1; then
+  echo "== tokens from the local issuer (valid 24 h; 'flask token ROLE' prints more):"
+  for role in casting-assistant casting-director executive-producer; do
+    var=$(echo "$role" | tr a-z- A-Z_)
+    echo "export ${var}_TOKEN=$("$flask" token "$role")"
+  done
+else
+  echo "== tokens come from your Auth0 tenant (see the README)"
+fi
+echo "== serving on http://127.0.0.1:$port"
+exec "$flask" run --host 127.0.0.1 --port "$port"
