@@ -1,0 +1,560 @@
+"""The API's resources, endpoints, validation and errors (SPEC: Resources,
+Endpoints, Errors). Authentication has its own module, test_auth.py."""
+
+import datetime
+import unittest
+from unittest import mock
+
+from sqlalchemy.exc import OperationalError
+
+from app import create_app
+from models import MAX_ID, Actor, Casting, Movie
+from testing import ApiTestCase, app_config
+
+ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
+MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
+MOVIE_ROW = {"title": "Harbour Lights", "release_date": datetime.date(2021, 10, 15)}
+
+# What differs between the two resources; every test below runs for both.
+RESOURCES = [
+    {"plural": "actors", "singular": "actor", "model": Actor, "body": ACTOR, "row": ACTOR,
+     "text": "name", "edit": {"age": 62}},
+    {"plural": "movies", "singular": "movie", "model": Movie, "body": MOVIE, "row": MOVIE_ROW,
+     "text": "title", "edit": {"release_date": "2022-01-31"}},
+]
+
+
+class IndexAndHealthTest(ApiTestCase):
+    def test_index_names_the_api_and_its_docs(self):
+        response = self.client.get("/")
+        self.assertEqual(response.status_code, 200)
+        body = response.get_json()
+        self.assertIs(body["success"], True)
+        self.assertEqual(body["name"], "Casting Agency API")
+        self.assertEqual(body["openapi"], "/openapi.json")
+        self.assertEqual(self.client.get(body["openapi"]).status_code, 200)
+
+    def test_health_is_200_when_the_database_answers(self):
+        response = self.client.get("/health")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.get_json(), {"success": True, "database": "ok"})
+
+
+class DatabaseDownTest(ApiTestCase):
+    """Nothing listens on port 1: the database is unreachable."""
+
+    def setUp(self):
+        super().setUp()
+        self.down = create_app(app_config(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))
+        self.down_client = self.down.test_client()
+
+    def test_health_is_503(self):
+        self.assertError(self.down_client.get("/health"), 503, "database is unavailable")
+
+    def test_api_requests_are_503(self):
+        response = self.down_client.get("/actors", headers=self.headers())
+        self.assertError(response, 503, "database is unavailable")
+
+
+class CollectionTest(ApiTestCase):
+    def test_list_is_ordered_by_id_with_total_page_and_per_page(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                ids = [self.add(res["model"], **res["row"])["id"] for _ in range(3)]
+                response = self.call("GET", f"/{res['plural']}", role="Casting Assistant")
+                self.assertEqual(response.status_code, 200)
+                body = response.get_json()
+                self.assertEqual(list(body), ["success", res["plural"], f"total_{res['plural']}", "page", "per_page"])
+                self.assertEqual([item["id"] for item in body[res["plural"]]], ids)
+                self.assertEqual(body[f"total_{res['plural']}"], 3)
+                self.assertEqual((body["page"], body["per_page"]), (1, 20))
+
+    def test_items_are_returned_with_every_field(self):
+        self.add(Actor, **ACTOR)
+        self.add(Movie, **MOVIE_ROW)
+        actor = self.call("GET", "/actors").get_json()["actors"][0]
+        self.assertEqual(actor, {"id": actor["id"], **ACTOR})
+        movie = self.call("GET", "/movies").get_json()["movies"][0]
+        self.assertEqual(movie, {"id": movie["id"], **MOVIE})
+
+    def test_pagination(self):
+        ids = [self.add(Actor, **{**ACTOR, "name": f"Actor {i}"})["id"] for i in range(25)]
+        cases = [  # (query, expected ids, page, per_page)
+            ("", ids[:20], 1, 20),
+            ("?page=2", ids[20:], 2, 20),
+            ("?page=3", [], 3, 20),
+            ("?page=999999999999999999", [], 999999999999999999, 20),
+            ("?per_page=5&page=3", ids[10:15], 3, 5),
+            ("?per_page=100", ids, 1, 100),
+            ("?per_page=1", ids[:1], 1, 1),
+            ("?page=2&page=1", ids[20:], 2, 20),  # of a repeated parameter, the first counts
+            ("?sort=name&foo", ids[:20], 1, 20),  # unknown parameters are ignored
+        ]
+        for query, expected, page, per_page in cases:
+            with self.subTest(query):
+                body = self.call("GET", f"/actors{query}").get_json()
+                self.assertEqual([a["id"] for a in body["actors"]], expected)
+                self.assertEqual((body["total_actors"], body["page"], body["per_page"]), (25, page, per_page))
+
+    def test_search_ignores_case_and_counts_matches(self):
+        names = ["Denzel Washington", "Viola Davis", "Davide Rossi", "Tilda Swinton", "100% Real_Name"]
+        for name in names:
+            self.add(Actor, **{**ACTOR, "name": name})
+        self.add(Movie, title="The DAVIS Affair", release_date=datetime.date(2020, 1, 1))
+        cases = [
+            ("davi", ["Viola Davis", "Davide Rossi"]),
+            ("WASHINGTON", ["Denzel Washington"]),
+            ("%", ["100% Real_Name"]),  # % and _ are literal, not wildcards
+            ("_", ["100% Real_Name"]),
+            ("l_N", ["100% Real_Name"]),
+            ("nobody", []),
+            ("", names),
+        ]
+        for q, expected in cases:
+            with self.subTest(q=q):
+                body = self.call("GET", "/actors", query_string={"q": q}).get_json()
+                self.assertEqual([a["name"] for a in body["actors"]], expected)
+                self.assertEqual(body["total_actors"], len(expected))
+        movies = self.call("GET", "/movies?q=davis").get_json()
+        self.assertEqual([m["title"] for m in movies["movies"]], ["The DAVIS Affair"])
+
+    def test_malformed_query_parameters_are_400(self):
+        cases = [
+            "page=0", "page=-1", "page=x", "page=1.5", "page=", "page=1_0", "page=%201",
+            "per_page=0", "per_page=101", "per_page=abc", "q=" + "x" * 201, "q=a%00b",
+        ]
+        for res in RESOURCES:
+            for query in cases:
+                with self.subTest(res["plural"], query=query):
+                    body = self.assertError(self.call("GET", f"/{res['plural']}?{query}"), 400)
+                    self.assertIn(query.split("=")[0], body["errors"])
+
+    def test_q_of_200_characters_is_accepted(self):
+        self.assertEqual(self.call("GET", "/actors", query_string={"q": "x" * 200}).status_code, 200)
+
+
+class CreateTest(ApiTestCase):
+    def test_create_returns_201_with_location_and_stores_the_row(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                response = self.call("POST", f"/{res['plural']}", json={**res["body"], "id": 12345})
+                self.assertEqual(response.status_code, 201)
+                item = response.get_json()[res["singular"]]
+                self.assertNotEqual(item["id"], 12345)  # id in a body is ignored
+                self.assertEqual(item, {"id": item["id"], **res["body"]})
+                self.assertEqual(response.headers["Location"], f"/{res['plural']}/{item['id']}")
+                self.assertEqual(self.call("GET", response.headers["Location"]).get_json()[res["singular"]], item)
+                self.assertEqual(self.rows(res["model"]), [{"id": item["id"], **res["row"]}])
+
+    def test_text_is_stored_trimmed(self):
+        response = self.call("POST", "/actors", json={**ACTOR, "name": "  Viola Davis \n", "gender": "\tF "})
+        self.assertEqual(response.status_code, 201)
+        self.assertEqual(self.rows(Actor)[0]["name"], "Viola Davis")
+        self.assertEqual(self.rows(Actor)[0]["gender"], "F")
+
+    def test_ids_of_deleted_rows_are_never_reused(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                first = self.call("POST", f"/{res['plural']}", json=res["body"]).get_json()[res["singular"]]["id"]
+                self.call("DELETE", f"/{res['plural']}/{first}")
+                second = self.call("POST", f"/{res['plural']}", json=res["body"]).get_json()[res["singular"]]["id"]
+                self.assertGreater(second, first)
+
+
+# (field, value, whether valid, the stored value when valid)
+ACTOR_FIELD_CASES = [
+    ("name", "A", True, "A"),
+    ("name", "x" * 120, True, "x" * 120),
+    ("name", "x" * 121, False, None),
+    ("name", " " + "x" * 119 + " ", False, None),  # the limit counts the string as sent
+    ("name", "", False, None),
+    ("name", "   \t\n", False, None),
+    ("name", "Zoë Saldaña 周迅", True, "Zoë Saldaña 周迅"),
+    ("name", "nul\x00here", False, None),
+    ("name", "lone \ud800 surrogate", False, None),
+    ("name", 42, False, None),
+    ("name", None, False, None),
+    ("name", ["Viola"], False, None),
+    ("age", 0, True, 0),
+    ("age", 150, True, 150),
+    ("age", 34.0, True, 34),
+    ("age", -1, False, None),
+    ("age", 151, False, None),
+    ("age", 34.5, False, None),
+    ("age", "34", False, None),
+    ("age", True, False, None),
+    ("age", None, False, None),
+    ("age", 1e300, False, None),
+    ("gender", "x" * 50, True, "x" * 50),
+    ("gender", "x" * 51, False, None),
+    ("gender", " ", False, None),
+]
+
+# (release_date as sent, the date stored, or None when it is a 422)
+RELEASE_DATE_CASES = [
+    ("2021-10-15", datetime.date(2021, 10, 15)),
+    ("0001-01-01", datetime.date(1, 1, 1)),
+    ("9999-12-31", datetime.date(9999, 12, 31)),
+    ("2021-10-15T23:30:00", datetime.date(2021, 10, 15)),
+    ("2021-10-15T23:30:00-08:00", datetime.date(2021, 10, 15)),  # as written, not converted to UTC
+    ("2021-10-15T00:30:00+09:00", datetime.date(2021, 10, 15)),
+    ("2021-10-15T23:30:00.123Z", datetime.date(2021, 10, 15)),
+    ("1987-11-19 14:40:44", datetime.date(1987, 11, 19)),
+    ("2/26/1996", datetime.date(1996, 2, 26)),
+    ("12/31/1999", datetime.date(1999, 12, 31)),
+    ("02/06/2004", datetime.date(2004, 2, 6)),
+    (0, datetime.date(1970, 1, 1)),
+    (1095641244, datetime.date(2004, 9, 20)),
+    (1095641244.0, datetime.date(2004, 9, 20)),
+    (1041244, datetime.date(1970, 1, 13)),
+    (-86400, datetime.date(1969, 12, 31)),
+    (-62135596800, datetime.date(1, 1, 1)),
+    (253402300799, datetime.date(9999, 12, 31)),
+    (253402300800, None),
+    (-62135596801, None),
+    (1e20, None),
+    (1095641244.5, None),
+    (True, None),
+    (None, None),
+    ("", None),
+    ("2021-02-30", None),
+    ("2021-13-01", None),
+    ("0000-01-01", None),
+    ("10000-01-01", None),
+    ("2021-10-15T25:00:00", None),
+    ("2021-10-15T", None),
+    ("13/1/2020", None),
+    ("2/30/2020", None),
+    ("15 October 2021", None),
+    ("1095641244", None),
+    ({"date": "2021-10-15"}, None),
+]
+
+
+class ValidationTest(ApiTestCase):
+    def check_field(self, path, body, field, valid):
+        """POST to a collection or PATCH an item; a 422 must name the field and
+        leave the collection as it was."""
+        collection = "/" + path.split("/")[1]
+        method = "POST" if path == collection else "PATCH"
+        before = self.call("GET", collection).get_json()
+        response = self.call(method, path, json=body)
+        if valid:
+            self.assertEqual(response.status_code, 201 if method == "POST" else 200, response.get_data(as_text=True))
+            return response.get_json()
+        error = self.assertError(response, 422, field)
+        self.assertIn(field, error["errors"])
+        self.assertEqual(self.call("GET", collection).get_json(), before)
+        return None
+
+    def test_actor_fields_on_create_and_update(self):
+        actor_id = self.add(Actor, **ACTOR)["id"]
+        for field, value, valid, stored in ACTOR_FIELD_CASES:
+            for path, body in (("/actors", {**ACTOR, field: value}), (f"/actors/{actor_id}", {field: value})):
+                with self.subTest(path, field=field, value=value):
+                    result = self.check_field(path, body, field, valid)
+                    if valid:
+                        self.assertEqual(result["actor"][field], stored)
+                        row = next(r for r in self.rows(Actor) if r["id"] == result["actor"]["id"])
+                        self.assertEqual(row[field], stored)
+
+    def test_release_date_forms(self):
+        movie_id = self.add(Movie, **MOVIE_ROW)["id"]
+        for value, stored in RELEASE_DATE_CASES:
+            for path, body in (("/movies", {**MOVIE, "release_date": value}), (f"/movies/{movie_id}", {"release_date": value})):
+                with self.subTest(path, value=value):
+                    result = self.check_field(path, body, "release_date", stored is not None)
+                    if stored is not None:
+                        self.assertEqual(result["movie"]["release_date"], stored.isoformat())
+                        row = next(r for r in self.rows(Movie) if r["id"] == result["movie"]["id"])
+                        self.assertEqual(row["release_date"], stored)
+
+    def test_title_limits(self):
+        self.assertEqual(self.call("POST", "/movies", json={**MOVIE, "title": "t" * 200}).status_code, 201)
+        self.assertError(self.call("POST", "/movies", json={**MOVIE, "title": "t" * 201}), 422, "title")
+
+    def test_every_required_field_is_named_when_missing(self):
+        for res in RESOURCES:
+            for field in res["body"]:
+                with self.subTest(res["plural"], missing=field):
+                    body = {k: v for k, v in res["body"].items() if k != field}
+                    error = self.assertError(self.call("POST", f"/{res['plural']}", json=body), 422, field)
+                    self.assertEqual(list(error["errors"]), [field])
+        self.assertEqual(self.rows(Actor) + self.rows(Movie), [])
+
+    def test_unknown_fields_are_named(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                error = self.assertError(self.call("POST", f"/{res['plural']}", json={**res["body"], "rating": 5}), 422)
+                self.assertIn("rating", error["message"])
+                self.assertEqual(error["errors"], {"rating": ["Unknown field."]})
+        self.assertEqual(self.rows(Actor) + self.rows(Movie), [])
+
+    def test_patch_needs_at_least_one_field(self):
+        for res in RESOURCES:
+            item_id = self.add(res["model"], **res["row"])["id"]
+            for body in ({}, {"id": 99}):
+                with self.subTest(res["plural"], body=body):
+                    self.assertError(self.call("PATCH", f"/{res['plural']}/{item_id}", json=body), 422, "at least one")
+
+
+class ItemTest(ApiTestCase):
+    def test_get_one(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                item_id = self.add(res["model"], **res["row"])["id"]
+                response = self.call("GET", f"/{res['plural']}/{item_id}", role="Casting Assistant")
+                self.assertEqual(response.status_code, 200)
+                self.assertEqual(response.get_json(), {"success": True, res["singular"]: {"id": item_id, **res["body"]}})
+
+    def test_patch_changes_only_the_fields_given(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                item_id = self.add(res["model"], **res["row"])["id"]
+                response = self.call("PATCH", f"/{res['plural']}/{item_id}", json={**res["edit"], "id": 777})
+                self.assertEqual(response.status_code, 200)
+                expected = {"id": item_id, **res["body"], **res["edit"]}
+                self.assertEqual(response.get_json(), {"success": True, res["singular"]: expected})
+                self.assertEqual(self.call("GET", f"/{res['plural']}/{item_id}").get_json()[res["singular"]], expected)
+
+    def test_delete_removes_the_row_and_its_castings_but_not_the_other_side(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                actor = self.add(Actor, **ACTOR)["id"]
+                movie = self.add(Movie, **MOVIE_ROW)["id"]
+                self.add(Casting, movie_id=movie, actor_id=actor, character="Ruth")
+                item_id = actor if res["model"] is Actor else movie
+                response = self.call("DELETE", f"/{res['plural']}/{item_id}")
+                self.assertEqual(response.status_code, 200)
+                self.assertEqual(response.get_json(), {"success": True, "delete": item_id})
+                self.assertError(self.call("GET", f"/{res['plural']}/{item_id}"), 404)
+                self.assertEqual(self.rows(Casting), [])
+                other = Movie if res["model"] is Actor else Actor
+                self.assertEqual(len(self.rows(other)), 1)
+                self._empty_database()
+
+    def test_missing_and_impossible_ids_are_404_for_every_method(self):
+        for res in RESOURCES:
+            for item_id in (0, 424242, MAX_ID, MAX_ID + 1, 2**63, 10**40, "00000000000000000000000000001234"):
+                for method, body in (("GET", None), ("PATCH", res["edit"]), ("DELETE", None)):
+                    with self.subTest(res["plural"], id=item_id, method=method):
+                        response = self.call(method, f"/{res['plural']}/{item_id}", json=body)
+                        self.assertError(response, 404)
+
+    def test_non_numeric_ids_are_404(self):
+        for path in ("/actors/abc", "/actors/-1", "/actors/1.5", "/movies/1e3", "/movies/%201"):
+            with self.subTest(path):
+                self.assertError(self.call("GET", path), 404, "not found")
+
+
+class CastingTest(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.actor = self.add(Actor, **ACTOR)["id"]
+        self.movie = self.add(Movie, **MOVIE_ROW)["id"]
+        self.path = f"/movies/{self.movie}/actors/{self.actor}"
+
+    def test_put_casts_once_and_is_idempotent(self):
+        first = self.call("PUT", self.path, role="Casting Director")
+        self.assertEqual(first.status_code, 201)
+        casting = {"movie_id": self.movie, "actor_id": self.actor, "character": None}
+        self.assertEqual(first.get_json(), {"success": True, "casting": casting})
+        again = self.call("PUT", self.path)
+        self.assertEqual(again.status_code, 200)
+        self.assertEqual(again.get_json(), {"success": True, "casting": casting})
+        self.assertEqual(self.rows(Casting), [casting])
+
+    def test_character_is_set_changed_kept_and_cleared(self):
+        steps = [  # (body, status, character afterwards)
+            ({"character": "  Captain Hale "}, 201, "Captain Hale"),
+            (None, 200, "Captain Hale"),  # no body leaves it as it is
+            ({}, 200, "Captain Hale"),
+            ({"character": "Mei"}, 200, "Mei"),
+            ({"character": None}, 200, None),
+        ]
+        for body, status, character in steps:
+            with self.subTest(body=body):
+                response = self.call("PUT", self.path, json=body)
+                self.assertEqual(response.status_code, status)
+                self.assertEqual(response.get_json()["casting"]["character"], character)
+                self.assertEqual(self.rows(Casting)[0]["character"], character)
+
+    def test_bad_bodies_are_refused_and_change_nothing(self):
+        self.call("PUT", self.path, json={"character": "Mei"})
+        cases = [  # (kwargs, status)
+            ({"json": {"character": "x" * 121}}, 422),
+            ({"json": {"character": " "}}, 422),
+            ({"json": {"character": 5}}, 422),
+            ({"json": {"role": "lead"}}, 422),
+            ({"json": ["Mei"]}, 400),
+            ({"data": "{", "content_type": "application/json"}, 400),
+            ({"data": "character=Mei", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ]
+        for kwargs, status in cases:
+            with self.subTest(kwargs):
+                self.assertError(self.call("PUT", self.path, **kwargs), status)
+                self.assertEqual(self.rows(Casting)[0]["character"], "Mei")
+
+    def test_put_needs_both_sides_to_exist(self):
+        for path in (f"/movies/999999/actors/{self.actor}", f"/movies/{self.movie}/actors/999999"):
+            with self.subTest(path):
+                self.assertError(self.call("PUT", path), 404)
+        self.assertEqual(self.rows(Casting), [])
+
+    def test_delete_removes_the_actor_from_the_cast(self):
+        self.call("PUT", self.path)
+        response = self.call("DELETE", self.path)
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.get_json(), {"success": True, "delete": self.actor})
+        self.assertEqual(self.rows(Casting), [])
+        self.assertEqual(len(self.rows(Actor)), 1)
+        self.assertError(self.call("DELETE", self.path), 404, "not cast")
+
+    def test_cast_lists_in_both_directions(self):
+        other_actor = self.add(Actor, name="Riz Ahmed", age=44, gender="Male")["id"]
+        other_movie = self.add(Movie, title="Paper Kingdoms", release_date=datetime.date(2024, 11, 22))["id"]
+        self.call("PUT", self.path, json={"character": "Ruth"})
+        self.call("PUT", f"/movies/{self.movie}/actors/{other_actor}")
+        self.call("PUT", f"/movies/{other_movie}/actors/{self.actor}", json={"character": "Ada"})
+
+        cast = self.call("GET", f"/movies/{self.movie}/actors", role="Casting Assistant")
+        self.assertEqual(cast.status_code, 200)
+        self.assertEqual(cast.get_json(), {
+            "success": True,
+            "movie_id": self.movie,
+            "actors": [
+                {"id": self.actor, **ACTOR, "character": "Ruth"},
+                {"id": other_actor, "name": "Riz Ahmed", "age": 44, "gender": "Male", "character": None},
+            ],
+            "total_actors": 2, "page": 1, "per_page": 20,
+        })
+        movies = self.call("GET", f"/actors/{self.actor}/movies", role="Casting Assistant")
+        self.assertEqual(movies.get_json(), {
+            "success": True,
+            "actor_id": self.actor,
+            "movies": [
+                {"id": self.movie, **MOVIE, "character": "Ruth"},
+                {"id": other_movie, "title": "Paper Kingdoms", "release_date": "2024-11-22", "character": "Ada"},
+            ],
+            "total_movies": 2, "page": 1, "per_page": 20,
+        })
+        page = self.call("GET", f"/movies/{self.movie}/actors?per_page=1&page=2&q=RIZ").get_json()
+        self.assertEqual(([a["id"] for a in page["actors"]], page["total_actors"]), ([], 1))
+        page = self.call("GET", f"/movies/{self.movie}/actors?per_page=1&page=2").get_json()
+        self.assertEqual(([a["id"] for a in page["actors"]], page["total_actors"]), ([other_actor], 2))
+
+    def test_cast_lists_of_missing_owners_are_404(self):
+        for path in ("/movies/999999/actors", "/actors/999999/movies", f"/movies/{MAX_ID + 1}/actors"):
+            with self.subTest(path):
+                self.assertError(self.call("GET", path), 404)
+
+    def test_cast_list_query_parameters_are_validated(self):
+        self.assertError(self.call("GET", f"/movies/{self.movie}/actors?per_page=0"), 400, "per_page")
+
+
+class BodyErrorTest(ApiTestCase):
+    def test_bodies_that_are_not_json_objects(self):
+        actor_id = self.add(Actor, **ACTOR)["id"]
+        cases = [  # (kwargs, status, message)
+            ({}, 400, "body is required"),
+            ({"data": "", "content_type": "application/json"}, 400, "body is required"),
+            ({"data": "{not json", "content_type": "application/json"}, 400, "not valid JSON"),
+            ({"data": '{"age": NaN, "name": "x", "gender": "y"}', "content_type": "application/json"}, 400, "not valid JSON"),
+            ({"data": '{"age": Infinity}', "content_type": "application/json"}, 400, "not valid JSON"),
+            ({"data": b"\xff\xfe{", "content_type": "application/json"}, 400, "not valid JSON"),
+            ({"data": "[" * 100000 + "]" * 100000, "content_type": "application/json"}, 400, "not valid JSON"),
+            ({"json": [ACTOR]}, 400, "JSON object"),
+            ({"json": "Viola"}, 400, "JSON object"),
+            ({"data": "null", "content_type": "application/json"}, 400, "JSON object"),
+            ({"data": '{"name": "x"}', "content_type": "text/plain"}, 415, "application/json"),
+            ({"data": "name=x", "content_type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        ]
+        for method, path in (("POST", "/actors"), ("PATCH", f"/actors/{actor_id}")):
+            for kwargs, status, message in cases:
+                with self.subTest(method, kwargs=str(kwargs)[:60]):
+                    self.assertError(self.call(method, path, **kwargs), status, message)
+        self.assertEqual(self.rows(Actor), [{"id": actor_id, **ACTOR}])
+
+    def test_a_body_over_the_limit_is_413(self):
+        big = {**ACTOR, "name": "x" * (1024 * 1024)}
+        self.assertError(self.call("POST", "/actors", json=big), 413, "larger than 1048576 bytes")
+        self.assertEqual(self.rows(Actor), [])
+
+
+class ErrorOrderTest(ApiTestCase):
+    """When several things are wrong, the first in the SPEC's order answers."""
+
+    def test_unknown_routes_are_404_and_wrong_methods_405_with_allow(self):
+        self.assertError(self.client.get("/directors"), 404, "resource not found")
+        self.assertError(self.client.get("/actors/1/agents"), 404)
+        response = self.client.post("/actors/1", headers=self.headers())
+        self.assertError(response, 405, "method not allowed")
+        self.assertEqual(set(response.headers["Allow"].split(", ")), {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"})
+        response = self.client.put("/actors", json=ACTOR)
+        self.assertError(response, 405)
+        self.assertIn("POST", response.headers["Allow"])
+
+    def test_routing_before_size_before_auth_before_resource_before_body(self):
+        big = "x" * (2 * 1024 * 1024)
+        cases = [  # (method, path, role, kwargs, status)
+            ("POST", "/actors/1", None, {"data": big}, 405),
+            ("POST", "/actors", None, {"data": big, "content_type": "application/json"}, 413),
+            ("PATCH", "/actors/424242", None, {"data": "{", "content_type": "application/json"}, 401),
+            ("PATCH", "/actors/424242", "Casting Assistant", {"data": "{"}, 403),
+            ("PATCH", "/actors/424242", "Executive Producer", {"data": "{", "content_type": "text/plain"}, 404),
+            ("PATCH", f"/actors/{MAX_ID + 1}", None, {}, 401),
+            ("POST", "/actors", "Executive Producer", {"data": "{", "content_type": "text/plain"}, 415),
+            ("POST", "/actors", "Executive Producer", {"data": "{", "content_type": "application/json"}, 400),
+        ]
+        for method, path, role, kwargs, status in cases:
+            with self.subTest(method, path=path, role=role, status=status):
+                self.assertError(self.call(method, path, role=role, **kwargs), status)
+
+
+class UnexpectedErrorTest(ApiTestCase):
+    def test_500_leaks_no_traceback_or_sql(self):
+        boom = RuntimeError("SELECT secret FROM passwords -- Traceback")
+        with mock.patch("app.page_of", side_effect=boom), self.assertLogs("app", "ERROR") as logs:
+            body = self.assertError(self.call("GET", "/actors"), 500, "internal server error")
+        self.assertNotIn("SELECT", str(body))
+        self.assertIn("Traceback", "\n".join(logs.output))  # the server log keeps it
+
+    def test_database_errors_are_json_and_roll_back(self):
+        lost = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        lost.connection_invalidated = True
+        with mock.patch("app.page_of", side_effect=lost), self.assertLogs("app", "WARNING"):
+            self.assertError(self.call("GET", "/actors"), 503, "database is unavailable")
+
+
+class ConfigTest(unittest.TestCase):
+    def test_database_urls_are_normalised_to_psycopg2(self):
+        from app import database_url
+
+        cases = [
+            ("postgres://u:p@h:5432/d", "postgresql+psycopg2://u:p@h:5432/d"),
+            ("postgresql://u@h/d", "postgresql+psycopg2://u@h/d"),
+            ("postgresql+psycopg2://u@h/d", "postgresql+psycopg2://u@h/d"),
+            ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ]
+        for given, expected in cases:
+            with self.subTest(given):
+                self.assertEqual(database_url(given), expected)
+
+    def test_env_file_is_read_and_the_environment_wins(self):
+        import os
+        import tempfile
+
+        from flask import Flask
+
+        from app import load_config
+
+        with tempfile.TemporaryDirectory() as root:
+            with open(os.path.join(root, ".env"), "w") as env_file:
+                env_file.write("CORS_ORIGINS=https://from-dotenv.example\nDB_POOL_SIZE=3\n")
+            app = Flask("probe", root_path=root)
+            with mock.patch.dict(os.environ, {"DB_POOL_SIZE": "7"}):
+                os.environ.pop("CORS_ORIGINS", None)
+                load_config(app, None)
+                self.assertEqual(app.config["CORS_ORIGINS"], "https://from-dotenv.example")
+                self.assertEqual(app.config["DB_POOL_SIZE"], 7)
+                self.assertTrue(app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"))
