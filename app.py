@@ -458,7 +458,8 @@ def refuse_oversized_body():
 
 
 def create_app(test_config=None):
-    app = Flask(__name__, static_folder=None)
+    # Tests may put the instance folder (SQLite file, local issuer key) elsewhere.
+    app = Flask(__name__, static_folder=None, instance_path=(test_config or {}).get("INSTANCE_PATH"))
     load_config(app, test_config)
     app.json.sort_keys = False  # keep "success" first and fields in schema order
     logging.basicConfig(level=logging.INFO)

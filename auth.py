@@ -31,6 +31,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import current_app, g, request
+from flask.cli import with_appcontext
 from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,7 @@ def role_permissions(name):
 
 @click.command("token")
 @click.argument("role")
+@with_appcontext
 @click.option("--lifetime", default=86400, show_default=True, type=click.IntRange(min=1), help="Seconds it is valid.")
 def token_command(role, lifetime):
     """Print a local issuer's token for ROLE (e.g. casting-director)."""

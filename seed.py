@@ -7,6 +7,7 @@ nothing: each actor, movie and casting is added only when it is not there.
 from datetime import date
 
 import click
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from models import Actor, Casting, Movie, db
@@ -81,6 +82,7 @@ def seed():
 
 @click.command("seed")
 @click.option("--if-empty", is_flag=True, help="Only when there are no actors and no movies at all.")
+@with_appcontext
 def seed_command(if_empty):
     """Load the sample actors, movies and castings (adds only what is missing)."""
     if if_empty and (db.session.scalar(select(Actor.id).limit(1)) or db.session.scalar(select(Movie.id).limit(1))):

@@ -83,7 +83,7 @@ class Issuer:
             "sub": "auth0|test",
             "iat": now,
             "exp": now + 3600,
-            "permissions": list(permissions),
+            "permissions": list(permissions) if isinstance(permissions, (list, tuple)) else permissions,
             **claims,
         }
         for claim in drop:

@@ -1,0 +1,65 @@
+"""The migrations build exactly the schema of models.py, and the sample data
+loads once."""
+
+import os
+import tempfile
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from flask_migrate import downgrade, upgrade
+
+from app import create_app
+from models import Actor, Casting, Movie, db
+from seed import ACTORS, CASTINGS, MOVIES
+from testing import ApiTestCase, app_config
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+
+
+def schema_differences(app):
+    with app.app_context(), db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, db.metadata)
+
+
+class MigrationTest(ApiTestCase):
+    def test_models_and_migrations_agree_on_the_test_database(self):
+        # The suite's database (SQLite, or TEST_DATABASE_URL) was built by the migrations.
+        self.assertEqual(schema_differences(self.app), [])
+
+    def test_downgrade_and_upgrade_again_on_a_fresh_database(self):
+        with tempfile.TemporaryDirectory() as folder:
+            app = create_app(app_config(DATABASE_URL=f"sqlite:///{folder}/fresh.db"))
+            with app.app_context():
+                upgrade(directory=MIGRATIONS)
+                downgrade(directory=MIGRATIONS, revision="base")
+                self.assertEqual(sorted(db.inspect(db.engine).get_table_names()), ["alembic_version"])
+                upgrade(directory=MIGRATIONS)
+            self.assertEqual(schema_differences(app), [])
+            with app.app_context():
+                db.engine.dispose()
+
+
+class SeedTest(ApiTestCase):
+    def counts(self):
+        return len(self.rows(Actor)), len(self.rows(Movie)), len(self.rows(Casting))
+
+    def test_seed_loads_the_sample_once(self):
+        runner = self.app.test_cli_runner()
+        result = runner.invoke(args=["seed"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertIn(f"{len(ACTORS) + len(MOVIES) + len(CASTINGS)} rows added", result.output)
+        self.assertEqual(self.counts(), (len(ACTORS), len(MOVIES), len(CASTINGS)))
+        self.assertGreaterEqual(len(ACTORS), 10)
+        again = runner.invoke(args=["seed"])
+        self.assertIn("already there", again.output)
+        self.assertEqual(self.counts(), (len(ACTORS), len(MOVIES), len(CASTINGS)))
+        cast = self.call("GET", "/movies?q=Harbour").get_json()["movies"][0]
+        actors = self.call("GET", f"/movies/{cast['id']}/actors").get_json()
+        self.assertIn("Captain Hale", [a["character"] for a in actors["actors"]])
+
+    def test_seed_if_empty_leaves_existing_data_alone(self):
+        self.add(Actor, name="Only Me", age=30, gender="Female")
+        result = self.app.test_cli_runner().invoke(args=["seed", "--if-empty"])
+        self.assertIn("nothing added", result.output)
+        self.assertEqual(self.counts(), (1, 0, 0))
