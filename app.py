@@ -49,7 +49,7 @@ def database_url(url):
     `postgresql://` as psycopg 3."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
@@ -69,8 +69,7 @@ def load_config(app, test_config):
     load_dotenv(os.path.join(app.root_path, ".env"))  # the environment wins over .env
     env = os.environ
     config = {
-        "DATABASE_URL": env.get("DATABASE_URL")
-        or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
+        "DATABASE_URL": env.get("DATABASE_URL") or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
         "DB_POOL_SIZE": int(env.get("DB_POOL_SIZE", 5)),
         "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", MIB)),
         "CORS_ORIGINS": env.get("CORS_ORIGINS", ""),

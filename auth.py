@@ -315,4 +315,3 @@ def token_command(role, lifetime):
     if not isinstance(keys, LocalIssuer):
         raise click.ClickException("tokens come from the configured issuer (Auth0), not from this app")
     click.echo(keys.mint(permissions, lifetime, subject=f"local|{role.lower()}"))
-

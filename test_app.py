@@ -17,10 +17,24 @@ MOVIE_ROW = {"title": "Harbour Lights", "release_date": datetime.date(2021, 10, 
 
 # What differs between the two resources; every test below runs for both.
 RESOURCES = [
-    {"plural": "actors", "singular": "actor", "model": Actor, "body": ACTOR, "row": ACTOR,
-     "text": "name", "edit": {"age": 62}},
-    {"plural": "movies", "singular": "movie", "model": Movie, "body": MOVIE, "row": MOVIE_ROW,
-     "text": "title", "edit": {"release_date": "2022-01-31"}},
+    {
+        "plural": "actors",
+        "singular": "actor",
+        "model": Actor,
+        "body": ACTOR,
+        "row": ACTOR,
+        "text": "name",
+        "edit": {"age": 62},
+    },
+    {
+        "plural": "movies",
+        "singular": "movie",
+        "model": Movie,
+        "body": MOVIE,
+        "row": MOVIE_ROW,
+        "text": "title",
+        "edit": {"release_date": "2022-01-31"},
+    },
 ]
 
 
@@ -120,8 +134,18 @@ class CollectionTest(ApiTestCase):
 
     def test_malformed_query_parameters_are_400(self):
         cases = [
-            "page=0", "page=-1", "page=x", "page=1.5", "page=", "page=1_0", "page=%201",
-            "per_page=0", "per_page=101", "per_page=abc", "q=" + "x" * 201, "q=a%00b",
+            "page=0",
+            "page=-1",
+            "page=x",
+            "page=1.5",
+            "page=",
+            "page=1_0",
+            "page=%201",
+            "per_page=0",
+            "per_page=101",
+            "per_page=abc",
+            "q=" + "x" * 201,
+            "q=a%00b",
         ]
         for res in RESOURCES:
             for query in cases:
@@ -261,7 +285,10 @@ class ValidationTest(ApiTestCase):
     def test_release_date_forms(self):
         movie_id = self.add(Movie, **MOVIE_ROW)["id"]
         for value, stored in RELEASE_DATE_CASES:
-            for path, body in (("/movies", {**MOVIE, "release_date": value}), (f"/movies/{movie_id}", {"release_date": value})):
+            for path, body in (
+                ("/movies", {**MOVIE, "release_date": value}),
+                (f"/movies/{movie_id}", {"release_date": value}),
+            ):
                 with self.subTest(path, value=value):
                     result = self.check_field(path, body, "release_date", stored is not None)
                     if stored is not None:
@@ -305,7 +332,9 @@ class ItemTest(ApiTestCase):
                 item_id = self.add(res["model"], **res["row"])["id"]
                 response = self.call("GET", f"/{res['plural']}/{item_id}", role="Casting Assistant")
                 self.assertEqual(response.status_code, 200)
-                self.assertEqual(response.get_json(), {"success": True, res["singular"]: {"id": item_id, **res["body"]}})
+                self.assertEqual(
+                    response.get_json(), {"success": True, res["singular"]: {"id": item_id, **res["body"]}}
+                )
 
     def test_patch_changes_only_the_fields_given(self):
         for res in RESOURCES:
@@ -419,25 +448,35 @@ class CastingTest(ApiTestCase):
 
         cast = self.call("GET", f"/movies/{self.movie}/actors", role="Casting Assistant")
         self.assertEqual(cast.status_code, 200)
-        self.assertEqual(cast.get_json(), {
-            "success": True,
-            "movie_id": self.movie,
-            "actors": [
-                {"id": self.actor, **ACTOR, "character": "Ruth"},
-                {"id": other_actor, "name": "Riz Ahmed", "age": 44, "gender": "Male", "character": None},
-            ],
-            "total_actors": 2, "page": 1, "per_page": 20,
-        })
+        self.assertEqual(
+            cast.get_json(),
+            {
+                "success": True,
+                "movie_id": self.movie,
+                "actors": [
+                    {"id": self.actor, **ACTOR, "character": "Ruth"},
+                    {"id": other_actor, "name": "Riz Ahmed", "age": 44, "gender": "Male", "character": None},
+                ],
+                "total_actors": 2,
+                "page": 1,
+                "per_page": 20,
+            },
+        )
         movies = self.call("GET", f"/actors/{self.actor}/movies", role="Casting Assistant")
-        self.assertEqual(movies.get_json(), {
-            "success": True,
-            "actor_id": self.actor,
-            "movies": [
-                {"id": self.movie, **MOVIE, "character": "Ruth"},
-                {"id": other_movie, "title": "Paper Kingdoms", "release_date": "2024-11-22", "character": "Ada"},
-            ],
-            "total_movies": 2, "page": 1, "per_page": 20,
-        })
+        self.assertEqual(
+            movies.get_json(),
+            {
+                "success": True,
+                "actor_id": self.actor,
+                "movies": [
+                    {"id": self.movie, **MOVIE, "character": "Ruth"},
+                    {"id": other_movie, "title": "Paper Kingdoms", "release_date": "2024-11-22", "character": "Ada"},
+                ],
+                "total_movies": 2,
+                "page": 1,
+                "per_page": 20,
+            },
+        )
         page = self.call("GET", f"/movies/{self.movie}/actors?per_page=1&page=2&q=RIZ").get_json()
         self.assertEqual(([a["id"] for a in page["actors"]], page["total_actors"]), ([], 1))
         page = self.call("GET", f"/movies/{self.movie}/actors?per_page=1&page=2").get_json()
@@ -459,7 +498,11 @@ class BodyErrorTest(ApiTestCase):
             ({}, 400, "body is required"),
             ({"data": "", "content_type": "application/json"}, 400, "body is required"),
             ({"data": "{not json", "content_type": "application/json"}, 400, "not valid JSON"),
-            ({"data": '{"age": NaN, "name": "x", "gender": "y"}', "content_type": "application/json"}, 400, "not valid JSON"),
+            (
+                {"data": '{"age": NaN, "name": "x", "gender": "y"}', "content_type": "application/json"},
+                400,
+                "not valid JSON",
+            ),
             ({"data": '{"age": Infinity}', "content_type": "application/json"}, 400, "not valid JSON"),
             ({"data": b"\xff\xfe{", "content_type": "application/json"}, 400, "not valid JSON"),
             ({"data": "[" * 100000 + "]" * 100000, "content_type": "application/json"}, 400, "not valid JSON"),

@@ -56,9 +56,14 @@ class PermissionsTest(ApiTestCase):
         assistant = {"get:actors", "get:movies"}
         director = assistant | {"add:actors", "edit:actors", "delete:actors", "edit:movies"}
         producer = director | {"add:movies", "delete:movies"}
-        self.assertEqual({role: set(p) for role, p in ROLES.items()}, {
-            "Casting Assistant": assistant, "Casting Director": director, "Executive Producer": producer,
-        })
+        self.assertEqual(
+            {role: set(p) for role, p in ROLES.items()},
+            {
+                "Casting Assistant": assistant,
+                "Casting Director": director,
+                "Executive Producer": producer,
+            },
+        )
 
     def test_rbac_matrix(self):
         """Every role, and no token, against every endpoint."""
@@ -124,15 +129,22 @@ class AttackTest(ApiTestCase):
         head, body, sig = good.split(".")
         tampered_payload = {**payload, "permissions": list(ROLES["Executive Producer"])}
         return [  # (name, Authorization header, code)
-            ("alg none", "Bearer " + self.forged({"alg": "none", "kid": issuer.kid}, payload, b""), "invalid_algorithm"),
+            (
+                "alg none",
+                "Bearer " + self.forged({"alg": "none", "kid": issuer.kid}, payload, b""),
+                "invalid_algorithm",
+            ),
             ("alg None", "Bearer " + self.forged({"alg": "None", "kid": issuer.kid}, payload), "invalid_algorithm"),
             ("HS256 signed with the public key", "Bearer " + hs256, "invalid_algorithm"),
             ("RS512", "Bearer " + issuer.token(["get:actors"], algorithm="RS512"), "invalid_algorithm"),
             ("PS256", "Bearer " + issuer.token(["get:actors"], algorithm="PS256"), "invalid_algorithm"),
             ("no alg", "Bearer " + self.forged({"kid": issuer.kid}, payload), "invalid_algorithm"),
             ("expired", "Bearer " + issuer.token(["get:actors"], exp=int(time.time()) - 60), "token_expired"),
-            ("nbf in the future", "Bearer " + issuer.token(["get:actors"], nbf=int(time.time()) + 3600),
-             "token_not_yet_valid"),
+            (
+                "nbf in the future",
+                "Bearer " + issuer.token(["get:actors"], nbf=int(time.time()) + 3600),
+                "token_not_yet_valid",
+            ),
             ("no exp", "Bearer " + issuer.token(["get:actors"], drop=["exp"]), "missing_claim"),
             ("no aud", "Bearer " + issuer.token(["get:actors"], drop=["aud"]), "missing_claim"),
             ("no iss", "Bearer " + issuer.token(["get:actors"], drop=["iss"]), "missing_claim"),
@@ -140,8 +152,11 @@ class AttackTest(ApiTestCase):
             ("wrong audience", "Bearer " + issuer.token(["get:actors"], aud="another-api"), "invalid_audience"),
             ("wrong issuer", "Bearer " + issuer.token(["get:actors"], iss="https://evil.test/"), "invalid_issuer"),
             ("unknown kid", "Bearer " + issuer.token(["get:actors"], headers={"kid": "forged"}), "unknown_key"),
-            ("known kid, another key's signature", "Bearer " + issuer.token(["get:actors"], key=rsa_key()),
-             "invalid_signature"),
+            (
+                "known kid, another key's signature",
+                "Bearer " + issuer.token(["get:actors"], key=rsa_key()),
+                "invalid_signature",
+            ),
             ("tampered payload", f"Bearer {head}.{b64(tampered_payload)}.{sig}", "invalid_signature"),
             ("signature stripped", f"Bearer {head}.{body}.", "invalid_signature"),
             ("no kid", "Bearer " + self.forged({"alg": "RS256"}, payload), "missing_kid"),
@@ -170,8 +185,11 @@ class AttackTest(ApiTestCase):
 
     def test_the_key_source_is_never_taken_from_the_token(self):
         attacker = Issuer()  # publishes its own JWKS
-        for header in ({"jku": attacker.jwks_url, "kid": attacker.kid}, {"x5u": attacker.jwks_url, "kid": "x"},
-                       {"jwk": json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(attacker.key.public_key()))}):
+        for header in (
+            {"jku": attacker.jwks_url, "kid": attacker.kid},
+            {"x5u": attacker.jwks_url, "kid": "x"},
+            {"jwk": json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(attacker.key.public_key()))},
+        ):
             with self.subTest(header=list(header)):
                 token = attacker.token(["get:actors"], headers=header)
                 self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
@@ -254,10 +272,15 @@ class JWKSCacheTest(ApiTestCase):
 
     def test_a_jwks_with_unusable_keys_keeps_the_usable_ones(self):
         good = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.issuer.key.public_key()))
-        document = {"keys": [
-            "not an object", {"kty": "EC", "kid": "ec"}, {"kty": "RSA", "kid": "enc", "use": "enc", **good},
-            {"kty": "RSA"}, {**good, "kid": "good"},
-        ]}
+        document = {
+            "keys": [
+                "not an object",
+                {"kty": "EC", "kid": "ec"},
+                {"kty": "RSA", "kid": "enc", "use": "enc", **good},
+                {"kty": "RSA"},
+                {**good, "kid": "good"},
+            ]
+        }
         keys = JWKSKeys("unused")
         with mock.patch("auth.urllib.request.urlopen", mock.mock_open(read_data=json.dumps(document).encode())):
             self.assertIsNotNone(keys.get("good"))
@@ -341,7 +364,12 @@ class LocalIssuerTest(unittest.TestCase):
         here = os.path.dirname(os.path.abspath(__file__))
         result = subprocess.run(  # noqa: S603 (our own script)
             [sys.executable, "manage.py", "token", "executive-producer"],
-            cwd=here, env=env, capture_output=True, text=True, timeout=60, check=True,
+            cwd=here,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
         self.assertEqual(claims["permissions"], ROLES["Executive Producer"])

@@ -88,9 +88,7 @@ class Issuer:
         }
         for claim in drop:
             payload.pop(claim)
-        return jwt.encode(
-            payload, key or self.key, algorithm=algorithm, headers={"kid": self.kid, **(headers or {})}
-        )
+        return jwt.encode(payload, key or self.key, algorithm=algorithm, headers={"kid": self.kid, **(headers or {})})
 
     def role_token(self, role):
         return self.token(ROLES[role])
