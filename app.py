@@ -15,6 +15,7 @@ from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
+from flask_swagger_ui import get_swaggerui_blueprint
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
@@ -140,6 +141,28 @@ class ApiBlueprint(Blueprint):
     ARGUMENTS_PARSER = BodyParser()
 
 
+class CastingApi(Api):
+    ERROR_SCHEMA = schemas.ErrorSchema  # the SPEC's envelope, in the description too
+
+
+def protected(blp, permission):
+    """requires_auth(permission), and the same fact in the OpenAPI description:
+    the bearer scheme, the permission (in `x-permission` and in words) and the
+    401 and 403 answers."""
+
+    def decorator(view):
+        documented = blp.doc(
+            security=[{"bearerAuth": []}],
+            description=f"Needs a bearer token with the `{permission}` permission.",
+            **{"x-permission": permission},
+        )(view)
+        for status in (401, 403):
+            documented = blp.alt_response(status, schema=schemas.ErrorSchema)(documented)
+        return requires_auth(permission)(documented)
+
+    return decorator
+
+
 def fetch(model, key):
     """Replace the id in the view's `key` argument by its row, or answer 404."""
 
@@ -213,7 +236,7 @@ def resource_blueprint(res):
 
     @blp.route("")
     class Collection(MethodView):
-        @requires_auth(f"get:{res.plural}")
+        @protected(blp, f"get:{res.plural}")
         @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
         @blp.response(200, res.page_envelope)
         def get(self, args):
@@ -227,7 +250,7 @@ def resource_blueprint(res):
                 "per_page": args["per_page"],
             }
 
-        @requires_auth(f"add:{res.plural}")
+        @protected(blp, f"add:{res.plural}")
         @blp.arguments(res.schema)
         @blp.response(201, res.item_envelope)
         def post(self, data):
@@ -240,14 +263,14 @@ def resource_blueprint(res):
 
     @blp.route(f"/<id:{res.key}>")
     class Item(MethodView):
-        @requires_auth(f"get:{res.plural}")
+        @protected(blp, f"get:{res.plural}")
         @fetch(res.model, res.key)
         @blp.response(200, res.item_envelope)
         def get(self, **row):
             """Get one"""
             return {"success": True, res.singular: row[res.key]}
 
-        @requires_auth(f"edit:{res.plural}")
+        @protected(blp, f"edit:{res.plural}")
         @fetch(res.model, res.key)
         @blp.arguments(res.patch_schema)
         @blp.response(200, res.item_envelope)
@@ -259,7 +282,7 @@ def resource_blueprint(res):
             db.session.commit()
             return {"success": True, res.singular: item}
 
-        @requires_auth(f"delete:{res.plural}")
+        @protected(blp, f"delete:{res.plural}")
         @fetch(res.model, res.key)
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, **row):
@@ -281,7 +304,7 @@ def cast_list(blp, owner, other, permission):
 
     @blp.route(f"/<id:{owner.key}>/{other.plural}")
     class CastList(MethodView):
-        @requires_auth(permission)
+        @protected(blp, permission)
         @fetch(owner.model, owner.key)
         @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
         @blp.response(200, envelope)
@@ -310,7 +333,7 @@ def casting_routes(blp):
 
     @blp.route("/<id:movie_id>/actors/<id:actor_id>")
     class CastingItem(MethodView):
-        @requires_auth("edit:movies")
+        @protected(blp, "edit:movies")
         @fetch(Movie, "movie_id")
         @fetch(Actor, "actor_id")
         @blp.arguments(schemas.CastingBodySchema(), required=False)
@@ -339,7 +362,7 @@ def casting_routes(blp):
                 status = 200
             return {"success": True, "casting": casting}, status
 
-        @requires_auth("edit:movies")
+        @protected(blp, "edit:movies")
         @fetch(Movie, "movie_id")
         @fetch(Actor, "actor_id")
         @blp.response(200, schemas.DeletedSchema)
@@ -471,9 +494,12 @@ def create_app(test_config=None):
         CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=["Location"])
 
     app.url_map.converters["id"] = IdConverter
-    api = Api(app)
+    api = CastingApi(app)
     api.register_converter(IdConverter, lambda converter: {"type": "integer", "minimum": 0})
-    api.ERROR_SCHEMA = schemas.ErrorSchema
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    app.register_blueprint(
+        get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": app.config["API_TITLE"]})
+    )
     for res, other in ((ACTORS, MOVIES), (MOVIES, ACTORS)):
         blp = resource_blueprint(res)
         cast_list(blp, res, other, f"get:{res.plural}")

@@ -48,6 +48,16 @@ class IndexAndHealthTest(ApiTestCase):
         self.assertEqual(body["openapi"], "/openapi.json")
         self.assertEqual(self.client.get(body["openapi"]).status_code, 200)
 
+    def test_docs_are_served_from_bundled_files(self):
+        page = self.client.get("/docs/")
+        self.assertEqual(page.status_code, 200)
+        html = page.get_data(as_text=True)
+        self.assertIn("/openapi.json", html)
+        self.assertNotRegex(html, r"(src|href)=\"(https?:)?//")  # nothing from a CDN
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            self.assertEqual(self.client.get(f"/docs/{asset}").status_code, 200)
+        self.assertError(self.client.get("/docs/../app.py"), 404)
+
     def test_health_is_200_when_the_database_answers(self):
         response = self.client.get("/health")
         self.assertEqual(response.status_code, 200)
