@@ -55,7 +55,8 @@ class IndexAndHealthTest(ApiTestCase):
         self.assertIn("/openapi.json", html)
         self.assertNotRegex(html, r"(src|href)=\"(https?:)?//")  # nothing from a CDN
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
-            self.assertEqual(self.client.get(f"/docs/{asset}").status_code, 200)
+            with self.client.get(f"/docs/{asset}") as response:
+                self.assertEqual(response.status_code, 200)
         self.assertError(self.client.get("/docs/../app.py"), 404)
 
     def test_health_is_200_when_the_database_answers(self):
