@@ -417,7 +417,7 @@ def error_response(e):
         body["errors"] = fields
     if hasattr(e, "error_code"):
         body["code"] = e.error_code
-    response.data = json.dumps(body)
+    response.data = json.dumps(body, separators=(",", ":"))
     response.content_type = "application/json"
     return response
 

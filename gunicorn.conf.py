@@ -1,0 +1,25 @@
+"""gunicorn's settings (it reads ./gunicorn.conf.py by itself): the production start.
+
+Starting under this file is what makes a start "production": the app then
+refuses to run with the local issuer, so a deploy without AUTH0_DOMAIN (or
+AUTH0_ISSUER and JWKS_URL) fails closed instead of minting its own keys.
+"""
+
+import os
+
+os.environ.setdefault("REQUIRE_ISSUER", "1")
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Build the app once in the master: a misconfiguration stops the start with
+# one clear error instead of workers failing to boot in a loop.
+preload_app = True
+accesslog = "-"
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# gunicorn's own refusals are HTML, so no request the API accepts may meet
+# them: a 200-character ?q= percent-encoded is up to 2,400 bytes, and an
+# Auth0 access token with many permissions can run to several kilobytes.
+limit_request_line = 8190
+limit_request_field_size = 16384
