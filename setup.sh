@@ -34,9 +34,16 @@ fi
 
 export FLASK_APP=app
 flask=.venv/bin/flask
+# A set-up step's output, less Alembic's INFO lines and the local issuer's
+# start-up warning (the server prints that one when it starts).
+quietly() {
+  local out
+  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
+  echo "$out" | grep -v -e '^INFO' -e 'LOCAL ISSUER IN USE' || true
+}
 echo "== upgrading the database"
-"$flask" db upgrade 2>&1 | grep -v '^INFO' || true
-"$flask" seed --if-empty
+quietly "$flask" db upgrade
+quietly "$flask" seed --if-empty
 
 if [ "$mode" = test ]; then
   echo "== running the tests${TEST_DATABASE_URL:+ on \$TEST_DATABASE_URL}"
@@ -48,7 +55,7 @@ if "$flask" token casting-assistant >/dev/null 2>&1; then
   echo "== tokens from the local issuer (valid 24 h; 'flask token ROLE' prints more):"
   for role in casting-assistant casting-director executive-producer; do
     var=$(echo "$role" | tr a-z- A-Z_)
-    echo "export ${var}_TOKEN=$("$flask" token "$role")"
+    echo "export ${var}_TOKEN=$("$flask" token "$role" 2>/dev/null)"
   done
 else
   echo "== tokens come from your Auth0 tenant (see the README)"
