@@ -341,26 +341,26 @@ def casting_routes(blp):
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
         def put(self, data, movie_id, actor_id):
             """Cast an actor in a movie (idempotent); a body sets the character"""
-            ids = {"movie_id": movie_id.id, "actor_id": actor_id.id}
-            casting = db.session.get(Casting, (movie_id.id, actor_id.id))
-            status = 200
-            if casting is None:
-                casting = Casting(**ids)
-                db.session.add(casting)
-                status = 201
-            if "character" in data:
-                casting.character = data["character"]
-            try:
-                db.session.commit()
-            except IntegrityError:
-                # Another request cast the same pair first: now it is an update.
-                db.session.rollback()
-                casting = get_or_404(Casting, (movie_id.id, actor_id.id))
+            key = (movie_id.id, actor_id.id)
+            for _attempt in range(3):
+                casting = db.session.get(Casting, key)
+                created = casting is None
+                if created:
+                    casting = Casting(movie_id=key[0], actor_id=key[1])
+                    db.session.add(casting)
                 if "character" in data:
                     casting.character = data["character"]
-                db.session.commit()
-                status = 200
-            return {"success": True, "casting": casting}, status
+                try:
+                    db.session.commit()
+                except IntegrityError:
+                    # Another request cast the same pair first (then this is an update:
+                    # try again), or deleted the movie or the actor (then it is a 404).
+                    db.session.rollback()
+                    get_or_404(Movie, key[0])
+                    get_or_404(Actor, key[1])
+                    continue
+                return {"success": True, "casting": casting}, 201 if created else 200
+            raise ServiceUnavailable("the casting is changing too fast; try again")
 
         @protected(blp, "edit:movies")
         @fetch(Movie, "movie_id")
@@ -476,6 +476,15 @@ def refuse_oversized_body():
         raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes")
 
 
+def security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # Responses to bearer tokens must stay out of shared caches.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 # --- the factory --------------------------------------------------------------
 
 
@@ -508,6 +517,7 @@ def create_app(test_config=None):
         api.register_blueprint(blp)
     register_error_handlers(app)
     app.before_request(refuse_oversized_body)
+    app.after_request(security_headers)
 
     @app.get("/")
     def index():

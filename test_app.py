@@ -5,10 +5,12 @@ import datetime
 import unittest
 from unittest import mock
 
+from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import scoped_session
 
 from app import create_app
-from models import MAX_ID, Actor, Casting, Movie
+from models import MAX_ID, Actor, Casting, Movie, db
 from testing import ApiTestCase, app_config
 
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
@@ -63,6 +65,54 @@ class IndexAndHealthTest(ApiTestCase):
         response = self.client.get("/health")
         self.assertEqual(response.status_code, 200)
         self.assertEqual(response.get_json(), {"success": True, "database": "ok"})
+
+
+class HeadersTest(ApiTestCase):
+    def test_security_headers_on_every_response(self):
+        for method, path, role in (
+            ("GET", "/actors", "Casting Assistant"),
+            ("GET", "/actors", None),
+            ("GET", "/nowhere", None),
+            ("POST", "/actors", "Executive Producer"),
+        ):
+            with self.subTest(method, path=path, role=role):
+                response = self.call(method, path, role=role, json=ACTOR if method == "POST" else None)
+                self.assertEqual(response.headers["X-Content-Type-Options"], "nosniff")
+                self.assertEqual(response.headers["Cache-Control"], "no-store")
+                self.assertEqual(response.headers["X-Frame-Options"], "DENY")
+
+
+class CorsTest(ApiTestCase):
+    config = {"CORS_ORIGINS": "https://app.example, https://admin.example"}
+
+    def preflight(self, origin):
+        return self.client.options(
+            "/actors",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "Authorization, Content-Type",
+            },
+        )
+
+    def test_listed_origins_may_send_authorization(self):
+        response = self.preflight("https://admin.example")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.headers["Access-Control-Allow-Origin"], "https://admin.example")
+        self.assertIn("authorization", response.headers["Access-Control-Allow-Headers"].lower())
+        self.assertIn("POST", response.headers["Access-Control-Allow-Methods"])
+        created = self.call("POST", "/actors", json=ACTOR, headers={**self.headers(), "Origin": "https://app.example"})
+        self.assertEqual(created.headers["Access-Control-Allow-Origin"], "https://app.example")
+        self.assertIn("Location", created.headers["Access-Control-Expose-Headers"])
+
+    def test_other_origins_get_no_cors_headers(self):
+        self.assertNotIn("Access-Control-Allow-Origin", self.preflight("https://evil.example").headers)
+
+
+class NoCorsTest(ApiTestCase):
+    def test_no_origins_configured_means_no_cors_headers(self):
+        response = self.client.get("/actors", headers={**self.headers(), "Origin": "https://app.example"})
+        self.assertNotIn("Access-Control-Allow-Origin", response.headers)
 
 
 class DatabaseDownTest(ApiTestCase):
@@ -434,6 +484,37 @@ class CastingTest(ApiTestCase):
             with self.subTest(kwargs):
                 self.assertError(self.call("PUT", self.path, **kwargs), status)
                 self.assertEqual(self.rows(Casting)[0]["character"], "Mei")
+
+    def racing(self, meanwhile):
+        """Patch the session so that the PUT's first look for the casting runs
+        `meanwhile` (another request's commit) and then finds nothing."""
+        real_get = scoped_session.get
+        raced = []
+
+        def get(session, model, key, **kwargs):
+            if model is Casting and not raced:
+                raced.append(key)
+                meanwhile()
+                return None
+            return real_get(session, model, key, **kwargs)
+
+        return mock.patch.object(scoped_session, "get", get)
+
+    def test_put_racing_another_put_of_the_same_pair_is_an_update(self):
+        with self.racing(lambda: self.add(Casting, movie_id=self.movie, actor_id=self.actor, character="A")):
+            response = self.call("PUT", self.path, json={"character": "B"})
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.get_json()["casting"]["character"], "B")
+        self.assertEqual(self.rows(Casting), [{"movie_id": self.movie, "actor_id": self.actor, "character": "B"}])
+
+    def test_put_racing_a_delete_of_the_actor_is_404(self):
+        def delete_actor():
+            with self.app.app_context(), db.engine.begin() as connection:
+                connection.execute(delete(Actor).where(Actor.id == self.actor))
+
+        with self.racing(delete_actor):
+            self.assertError(self.call("PUT", self.path), 404, f"actor {self.actor} not found")
+        self.assertEqual(self.rows(Casting), [])
 
     def test_put_needs_both_sides_to_exist(self):
         for path in (f"/movies/999999/actors/{self.actor}", f"/movies/{self.movie}/actors/999999"):
