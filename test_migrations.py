@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 
 from app import create_app
-from models import Actor, Casting, Movie, db
+from models import Actor, Casting, Movie, db, migration_filter
 from seed import ACTORS, CASTINGS, MOVIES
 from testing import ApiTestCase, app_config
 
@@ -18,7 +18,8 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migration
 
 def schema_differences(app):
     with app.app_context(), db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_object": migration_filter(connection.dialect.name)}
+        context = MigrationContext.configure(connection, opts=opts)
         return compare_metadata(context, db.metadata)
 
 
@@ -26,6 +27,13 @@ class MigrationTest(ApiTestCase):
     def test_models_and_migrations_agree_on_the_test_database(self):
         # The suite's database (SQLite, or TEST_DATABASE_URL) was built by the migrations.
         self.assertEqual(schema_differences(self.app), [])
+
+    def test_searches_are_served_by_trigram_indexes_on_postgresql(self):
+        with self.app.app_context():
+            if db.engine.dialect.name != "postgresql":
+                self.skipTest("trigram indexes exist on PostgreSQL only")
+            indexes = {ix["name"] for table in ("actors", "movies") for ix in db.inspect(db.engine).get_indexes(table)}
+        self.assertLessEqual({"ix_actors_name_trgm", "ix_movies_title_trgm"}, indexes)
 
     def test_downgrade_and_upgrade_again_on_a_fresh_database(self):
         with tempfile.TemporaryDirectory() as folder:
