@@ -417,7 +417,7 @@ def error_response(e):
         body["errors"] = fields
     if hasattr(e, "error_code"):
         body["code"] = e.error_code
-    response.data = json.dumps(body, separators=(",", ":"))
+    response.data = json.dumps(body, separators=(",", ":")) + "\n"  # as jsonify does
     response.content_type = "application/json"
     return response
 
@@ -524,7 +524,7 @@ def create_app(test_config=None):
         return {
             "success": True,
             "name": app.config["API_TITLE"],
-            "docs": "/docs",
+            "docs": "/docs/",
             "openapi": "/openapi.json",
         }
 

@@ -48,6 +48,7 @@ class IndexAndHealthTest(ApiTestCase):
         self.assertIs(body["success"], True)
         self.assertEqual(body["name"], "Casting Agency API")
         self.assertEqual(body["openapi"], "/openapi.json")
+        self.assertEqual(self.client.get(body["docs"]).status_code, 200)
         self.assertEqual(self.client.get(body["openapi"]).status_code, 200)
 
     def test_docs_are_served_from_bundled_files(self):
