@@ -8,9 +8,11 @@ import functools
 import json
 import logging
 import os
+import re
+import uuid
 
 from dotenv import load_dotenv
-from flask import Flask, request, url_for
+from flask import Flask, g, request, url_for
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
@@ -436,14 +438,15 @@ def register_error_handlers(app):
         if e.connection_invalidated or isinstance(e.orig, _unreachable_errors()):
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
-        app.logger.exception("database error")
+        app.logger.exception("database error, request_id=%s", g.get("request_id"))
         return error_response(InternalServerError())
 
     @app.errorhandler(Exception)
     def unexpected(e):
         if isinstance(e, SQLAlchemyError):
             db.session.rollback()
-        app.logger.exception("unexpected error")  # the traceback stays in the server log
+        # The traceback stays in the server's log; the client gets the request id.
+        app.logger.exception("unexpected error, request_id=%s", g.get("request_id"))
         return error_response(InternalServerError())
 
 
@@ -476,7 +479,18 @@ def refuse_oversized_body():
         raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes")
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def assign_request_id():
+    """Heroku's router sends an X-Request-ID; keep it (when sane) so the router's
+    log and ours name the same request, or make one."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def security_headers(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -516,6 +530,7 @@ def create_app(test_config=None):
             casting_routes(blp)
         api.register_blueprint(blp)
     register_error_handlers(app)
+    app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)
     app.after_request(security_headers)
 

@@ -14,7 +14,11 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Build the app once in the master: a misconfiguration stops the start with
 # one clear error instead of workers failing to boot in a loop.
 preload_app = True
+# One line per request on stdout, for Heroku's log tools: method, path (never
+# the query string), status, duration and the request id the client also gets.
+# No header is logged, so no token is.
 accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms request_id=%({x-request-id}o)s'
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

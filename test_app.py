@@ -83,6 +83,27 @@ class HeadersTest(ApiTestCase):
                 self.assertEqual(response.headers["X-Frame-Options"], "DENY")
 
 
+class RequestIdTest(ApiTestCase):
+    def test_every_response_carries_a_request_id(self):
+        ids = {self.client.get("/nowhere").headers["X-Request-ID"] for _ in range(3)}
+        self.assertEqual(len(ids), 3)
+        self.assertTrue(all(len(i) == 32 for i in ids))
+
+    def test_a_sane_incoming_request_id_is_kept(self):
+        given = "0b7c4f0e-8d1a-4c3e-9f7a-2e1d5c6b7a89"
+        response = self.call("GET", "/actors", headers={**self.headers(), "X-Request-ID": given})
+        self.assertEqual(response.headers["X-Request-ID"], given)
+        for bad in ("x" * 65, "a b", "id;forged=1", "<script>"):
+            with self.subTest(bad=bad):
+                response = self.client.get("/", headers={"X-Request-ID": bad})
+                self.assertNotEqual(response.headers["X-Request-ID"], bad)
+
+    def test_the_log_of_a_500_names_the_request_id(self):
+        with mock.patch("app.page_of", side_effect=RuntimeError("boom")), self.assertLogs("app", "ERROR") as logs:
+            response = self.call("GET", "/actors")
+        self.assertIn(f"request_id={response.headers['X-Request-ID']}", logs.output[0])
+
+
 class CorsTest(ApiTestCase):
     config = {"CORS_ORIGINS": "https://app.example, https://admin.example"}
 
