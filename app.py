@@ -11,8 +11,9 @@ import os
 import re
 import uuid
 
+from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
-from flask import Flask, g, request, url_for
+from flask import Flask, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
@@ -143,6 +144,15 @@ class ApiBlueprint(Blueprint):
     ARGUMENTS_PARSER = BodyParser()
 
 
+class SchemaPlugin(MarshmallowPlugin):
+    """Adds a schema's `openapi_extra` (e.g. PATCH's minProperties) to its
+    description: rules marshmallow checks in code, stated in the description."""
+
+    def schema_helper(self, name, _, schema=None, **kwargs):
+        described = super().schema_helper(name, _, schema=schema, **kwargs)
+        return {**described, **getattr(resolve_schema_cls(schema), "openapi_extra", {})}
+
+
 class CastingApi(Api):
     ERROR_SCHEMA = schemas.ErrorSchema  # the SPEC's envelope, in the description too
 
@@ -150,7 +160,7 @@ class CastingApi(Api):
 def protected(blp, permission):
     """requires_auth(permission), and the same fact in the OpenAPI description:
     the bearer scheme, the permission (in `x-permission` and in words) and the
-    401 and 403 answers."""
+    401, 403 and 503 (no keys from the issuer) answers."""
 
     def decorator(view):
         documented = blp.doc(
@@ -158,14 +168,13 @@ def protected(blp, permission):
             description=f"Needs a bearer token with the `{permission}` permission.",
             **{"x-permission": permission},
         )(view)
-        for status in (401, 403):
-            documented = blp.alt_response(status, schema=schemas.ErrorSchema)(documented)
+        documented = documented_errors(blp, 401, 403, 503)(documented)
         return requires_auth(permission)(documented)
 
     return decorator
 
 
-def fetch(model, key):
+def fetch(blp, model, key):
     """Replace the id in the view's `key` argument by its row, or answer 404."""
 
     def decorator(view):
@@ -174,9 +183,34 @@ def fetch(model, key):
             kwargs[key] = get_or_404(model, kwargs[key])
             return view(*args, **kwargs)
 
-        return wrapper
+        return documented_errors(blp, 404)(wrapper)
 
     return decorator
+
+
+def documented_errors(blp, *statuses):
+    """Document error answers of an operation, each in the error envelope."""
+
+    def decorator(view):
+        for status in statuses:
+            view = blp.alt_response(status, schema=schemas.ErrorSchema)(view)
+        return view
+
+    return decorator
+
+
+def json_body(blp, schema, **kwargs):
+    """Validate the JSON body with `schema` (422), after BodyParser's checks."""
+
+    def decorator(view):
+        return documented_errors(blp, 400, 413, 415)(blp.arguments(schema, **kwargs)(view))
+
+    return decorator
+
+
+def list_query(blp):
+    """?page, ?per_page and ?q, malformed ones a 400."""
+    return blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
 
 
 def get_or_404(model, id_):
@@ -233,13 +267,47 @@ MOVIES = Resource(
 )
 
 
+LOCATION_HEADER = {"description": "The new resource's path.", "schema": {"type": "string"}, "required": True}
+
+
+def service_blueprint():
+    blp = ApiBlueprint("service", __name__, description="About the service.")
+
+    @blp.route("/")
+    class Index(MethodView):
+        @blp.response(200, schemas.IndexSchema)
+        def get(self):
+            """Name the API and where its documentation is (no token needed)"""
+            return {
+                "success": True,
+                "name": current_app.config["API_TITLE"],
+                "docs": "/docs/",
+                "openapi": "/openapi.json",
+            }
+
+    @blp.route("/health")
+    class Health(MethodView):
+        @blp.response(200, schemas.HealthSchema)
+        @documented_errors(blp, 503)
+        def get(self):
+            """200 when the database answers, 503 when it does not (no token needed)"""
+            try:
+                db.session.execute(text("SELECT 1"))
+            except SQLAlchemyError:
+                db.session.rollback()
+                raise ServiceUnavailable("the database is unavailable") from None
+            return {"success": True, "database": "ok"}
+
+    return blp
+
+
 def resource_blueprint(res):
     blp = ApiBlueprint(res.plural, __name__, url_prefix=f"/{res.plural}", description=f"The {res.plural}.")
 
     @blp.route("")
     class Collection(MethodView):
         @protected(blp, f"get:{res.plural}")
-        @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
+        @list_query(blp)
         @blp.response(200, res.page_envelope)
         def get(self, args):
             """List, paginated, optionally filtered by ?q="""
@@ -253,8 +321,8 @@ def resource_blueprint(res):
             }
 
         @protected(blp, f"add:{res.plural}")
-        @blp.arguments(res.schema)
-        @blp.response(201, res.item_envelope)
+        @json_body(blp, res.schema)
+        @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER})
         def post(self, data):
             """Create"""
             row = res.model(**data)
@@ -266,15 +334,15 @@ def resource_blueprint(res):
     @blp.route(f"/<id:{res.key}>")
     class Item(MethodView):
         @protected(blp, f"get:{res.plural}")
-        @fetch(res.model, res.key)
+        @fetch(blp, res.model, res.key)
         @blp.response(200, res.item_envelope)
         def get(self, **row):
             """Get one"""
             return {"success": True, res.singular: row[res.key]}
 
         @protected(blp, f"edit:{res.plural}")
-        @fetch(res.model, res.key)
-        @blp.arguments(res.patch_schema)
+        @fetch(blp, res.model, res.key)
+        @json_body(blp, res.patch_schema)
         @blp.response(200, res.item_envelope)
         def patch(self, data, **row):
             """Change any non-empty subset of the fields"""
@@ -285,7 +353,7 @@ def resource_blueprint(res):
             return {"success": True, res.singular: item}
 
         @protected(blp, f"delete:{res.plural}")
-        @fetch(res.model, res.key)
+        @fetch(blp, res.model, res.key)
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, **row):
             """Delete, with its castings"""
@@ -307,9 +375,10 @@ def cast_list(blp, owner, other, permission):
     @blp.route(f"/<id:{owner.key}>/{other.plural}")
     class CastList(MethodView):
         @protected(blp, permission)
-        @fetch(owner.model, owner.key)
-        @blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
+        @fetch(blp, owner.model, owner.key)
+        @list_query(blp)
         @blp.response(200, envelope)
+        @blp.doc(summary=f"List the {other.plural} of one {owner.singular}, each with its character")
         def get(self, args, **row):
             owner_id = row[owner.key].id
             statement = (
@@ -327,8 +396,6 @@ def cast_list(blp, owner, other, permission):
                 "per_page": args["per_page"],
             }
 
-    CastList.get.__doc__ = f"List the {other.plural} of one {owner.singular}, each with its character"
-
 
 def casting_routes(blp):
     """PUT and DELETE /movies/<movie_id>/actors/<actor_id>."""
@@ -336,9 +403,9 @@ def casting_routes(blp):
     @blp.route("/<id:movie_id>/actors/<id:actor_id>")
     class CastingItem(MethodView):
         @protected(blp, "edit:movies")
-        @fetch(Movie, "movie_id")
-        @fetch(Actor, "actor_id")
-        @blp.arguments(schemas.CastingBodySchema(), required=False)
+        @fetch(blp, Movie, "movie_id")
+        @fetch(blp, Actor, "actor_id")
+        @json_body(blp, schemas.CastingBodySchema, required=False)
         @blp.response(200, schemas.CastingEnvelopeSchema)
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
         def put(self, data, movie_id, actor_id):
@@ -365,8 +432,8 @@ def casting_routes(blp):
             raise ServiceUnavailable("the casting is changing too fast; try again")
 
         @protected(blp, "edit:movies")
-        @fetch(Movie, "movie_id")
-        @fetch(Actor, "actor_id")
+        @fetch(blp, Movie, "movie_id")
+        @fetch(blp, Actor, "actor_id")
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, movie_id, actor_id):
             """Remove an actor from a movie's cast"""
@@ -517,12 +584,13 @@ def create_app(test_config=None):
         CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=["Location"])
 
     app.url_map.converters["id"] = IdConverter
-    api = CastingApi(app)
+    api = CastingApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin()})
     api.register_converter(IdConverter, lambda converter: {"type": "integer", "minimum": 0})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     app.register_blueprint(
         get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": app.config["API_TITLE"]})
     )
+    api.register_blueprint(service_blueprint())
     for res, other in ((ACTORS, MOVIES), (MOVIES, ACTORS)):
         blp = resource_blueprint(res)
         cast_list(blp, res, other, f"get:{res.plural}")
@@ -533,24 +601,6 @@ def create_app(test_config=None):
     app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)
     app.after_request(security_headers)
-
-    @app.get("/")
-    def index():
-        return {
-            "success": True,
-            "name": app.config["API_TITLE"],
-            "docs": "/docs/",
-            "openapi": "/openapi.json",
-        }
-
-    @app.get("/health")
-    def health():
-        try:
-            db.session.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            db.session.rollback()
-            return error_response(ServiceUnavailable("the database is unavailable"))
-        return {"success": True, "database": "ok"}
 
     from seed import seed_command
 

@@ -26,7 +26,8 @@ class Text(fields.String):
     def __init__(self, max_length, **kwargs):
         super().__init__(
             validate=validate.Length(min=1, max=max_length),
-            metadata={"pattern": r"\S"},
+            # One non-whitespace character, and no U+0000 anywhere.
+            metadata={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
             **kwargs,
         )
 
@@ -66,14 +67,55 @@ class WholeNumber(fields.Integer):
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_ISO_DATETIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?", re.ASCII)
-_US_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII)
-RELEASE_DATE_FORMS = (
-    "`YYYY-MM-DD`; an ISO 8601 date-time (the date as written, no conversion to UTC); "
-    "`M/D/YYYY`; or a whole number of Unix epoch seconds, read in UTC. "
-    "From 0001-01-01 to 9999-12-31. Always returned as `YYYY-MM-DD`."
+FIRST_DAY_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
+LAST_DAY_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# RFC 3339's date-time (the profile of ISO 8601 that OpenAPI's `date-time` means),
+# also with a space for the T and without seconds or offset.
+_ISO_DATETIME = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]+)?)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):?([0-9]{2}))?"
 )
+
+
+def _us_date_pattern():
+    """M/D/YYYY, for real calendar dates only, as a regular expression, so the
+    OpenAPI description is exactly as strict as the parser (2/30 is refused)."""
+    year = "(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+    leap_year = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+    day_to_28 = "(?:0?[1-9]|1[0-9]|2[0-8])"
+    months_31 = "(?:0?[13578]|1[02])"
+    months_30 = "(?:0?[469]|11)"
+    return (
+        f"^(?:(?:{months_31}/(?:{day_to_28}|29|30|31)|{months_30}/(?:{day_to_28}|29|30)|0?2/{day_to_28})/{year}"
+        f"|0?2/29/{leap_year})$"
+    )
+
+
+US_DATE_PATTERN = _us_date_pattern()
+_US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+RELEASE_DATE_FORMS = (
+    "`YYYY-MM-DD`; an ISO 8601 date-time such as `2021-10-15T23:30:00-08:00` (the date as written, with no "
+    "conversion to UTC; a space for the `T`, and no seconds or offset, are accepted too); `M/D/YYYY`; or a "
+    "whole number of Unix epoch seconds, read in UTC. From 0001-01-01 to 9999-12-31. "
+    "Always returned as `YYYY-MM-DD`."
+)
+RELEASE_DATE_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": US_DATE_PATTERN},
+        {"type": "integer", "minimum": FIRST_DAY_SECONDS, "maximum": LAST_DAY_SECONDS},
+    ],
+    "description": RELEASE_DATE_FORMS,
+}
+
+
+def _check_time(hour, minute, second, offset_hour, offset_minute):
+    limits = ((hour, 23), (minute, 59), (second, 60), (offset_hour, 23), (offset_minute, 59))  # 60: leap second
+    if any(value is not None and int(value) > limit for value, limit in limits):
+        raise ValueError("not a valid time")
 
 
 def parse_release_date(value):
@@ -83,7 +125,7 @@ def parse_release_date(value):
             if _ISO_DATE.fullmatch(value):
                 return date.fromisoformat(value)
             if match := _ISO_DATETIME.fullmatch(value):
-                datetime.fromisoformat(value)  # the time must be valid too
+                _check_time(*match.groups()[1:])
                 return date.fromisoformat(match[1])
             if match := _US_DATE.fullmatch(value):
                 month, day, year = map(int, match.groups())
@@ -94,15 +136,23 @@ def parse_release_date(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError("Not a valid date: use one of " + RELEASE_DATE_FORMS)
     seconds = whole_number(value)
-    try:
-        return (EPOCH + timedelta(seconds=seconds)).date()
-    except OverflowError:
-        raise ValidationError("Epoch seconds outside 0001-01-01..9999-12-31.") from None
+    if not FIRST_DAY_SECONDS <= seconds <= LAST_DAY_SECONDS:
+        raise ValidationError("Epoch seconds outside 0001-01-01..9999-12-31.")
+    return (EPOCH + timedelta(seconds=seconds)).date()
 
 
-class ReleaseDate(fields.Date):
+class ReleaseDate(fields.Field):
+    """Read in any accepted form, written as `YYYY-MM-DD`; described as exactly
+    the forms it accepts."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata=RELEASE_DATE_SCHEMA, **kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         return parse_release_date(value)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else value.isoformat()
 
 
 # --- resources ----------------------------------------------------------------
@@ -128,16 +178,13 @@ class ActorSchema(ResourceSchema):
 
 class MovieSchema(ResourceSchema):
     title = Text(200, required=True)
-    release_date = ReleaseDate(
-        required=True,
-        metadata={
-            "description": RELEASE_DATE_FORMS,
-        },
-    )
+    release_date = ReleaseDate(required=True)
 
 
 class PatchMixin:
     """PATCH takes any non-empty subset of the writable fields."""
+
+    openapi_extra = {"minProperties": 1}  # see app.SchemaPlugin
 
     def __init__(self, **kwargs):
         super().__init__(partial=True, **kwargs)
@@ -185,9 +232,15 @@ class QueryInteger(fields.Integer):
     also take "1_000", " 7" and other digits)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,18}", value):
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value):
             raise ValidationError("Not a whole number.")
-        return super()._deserialize(value, attr, data, **kwargs)
+        try:
+            number = int(value)
+        except ValueError:  # more digits than Python converts
+            raise ValidationError("Not a whole number.") from None
+        for validator in self.validators:
+            validator(number)
+        return number
 
 
 class ListQuerySchema(Schema):
@@ -245,6 +298,18 @@ def page_envelope(item_schema, key, owner_key=None):
         },
         name=f"{_schema_name(item_schema)}PageEnvelope",
     )
+
+
+class IndexSchema(Schema):
+    success = fields.Boolean(required=True)
+    name = fields.String(required=True)
+    docs = fields.String(required=True)
+    openapi = fields.String(required=True)
+
+
+class HealthSchema(Schema):
+    success = fields.Boolean(required=True)
+    database = fields.String(required=True)
 
 
 class DeletedSchema(Schema):
