@@ -84,6 +84,10 @@ class JWKSKeys:
         self._fetched_at = None
         self._lock = threading.Lock()
 
+    def known(self, kid):
+        """Whether `kid` is in the cached key set (never fetches)."""
+        return kid in self._keys
+
     def get(self, kid):
         key = self._keys.get(kid)
         if key is not None:
@@ -127,6 +131,9 @@ class LocalIssuer:
 
     def get(self, kid):
         return self.public_key if kid == self.kid else None
+
+    def known(self, kid):
+        return kid == self.kid
 
     def mint(self, permissions, lifetime, subject="local-user"):
         now = int(time.time())
@@ -182,13 +189,32 @@ _DECODE_ERRORS = [  # most specific first: several are subclasses of others
 
 
 class Verifier:
+    # A client sends the same token with every request until it expires, and an
+    # RS256 verification is most of an authenticated request's cost: a verified
+    # token is remembered until its `exp`, while its key is still published.
+    CACHE_SIZE = 4096
+
     def __init__(self, keys, issuer, audience):
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
+        self._verified = {}  # token -> (claims, kid)
 
     def verify(self, token):
         """Return the claims of a valid token; raise AuthError otherwise."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, kid = cached
+            if time.time() < claims["exp"] and self.keys.known(kid):
+                return claims
+            self._verified.pop(token, None)
+        claims, kid = self._verify(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()  # a crude bound, but a bound: no request pattern grows it further
+        self._verified[token] = (claims, kid)
+        return claims
+
+    def _verify(self, token):
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -202,7 +228,7 @@ class Verifier:
         if key is None:
             raise AuthError("unknown_key", "token is signed with an unknown key")
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key,
                 algorithms=ALGORITHMS,
@@ -217,6 +243,7 @@ class Verifier:
                 if isinstance(exc, error):
                     raise AuthError(code, message) from None
             raise AuthError("invalid_token", "token is invalid") from None
+        return claims, kid
 
 
 def bearer_token():

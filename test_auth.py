@@ -287,6 +287,41 @@ class JWKSCacheTest(ApiTestCase):
         self.assertEqual(list(keys._keys), ["good"])
 
 
+class VerifiedTokenCacheTest(ApiTestCase):
+    def test_a_token_seen_again_is_not_verified_again(self):
+        token = self.issuer.token(["get:actors"])
+        with mock.patch("auth.jwt.decode", wraps=jwt.decode) as decode:
+            for _ in range(5):
+                self.assertEqual(self.call("GET", "/actors", headers=self.headers(token=token)).status_code, 200)
+        self.assertEqual(decode.call_count, 1)
+
+    def test_a_cached_token_still_expires(self):
+        token = self.issuer.token(["get:actors"], exp=int(time.time()) + 2)
+        self.assertEqual(self.call("GET", "/actors", headers=self.headers(token=token)).status_code, 200)
+        time.sleep(max(0, jwt.decode(token, options={"verify_signature": False})["exp"] - time.time()) + 0.1)
+        error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
+        self.assertEqual(error["code"], "token_expired")
+
+    def test_a_cached_token_is_refused_once_its_key_is_withdrawn(self):
+        token = self.issuer.token(["get:actors"])
+        self.assertEqual(self.call("GET", "/actors", headers=self.headers(token=token)).status_code, 200)
+        new_key = rsa_key()
+        self.issuer.published = {"test-key-2": new_key}  # the issuer rotated test-key-1 out
+        rotated = self.issuer.token(["get:actors"], key=new_key, headers={"kid": "test-key-2"})
+        with mock.patch("auth.time.monotonic", return_value=time.monotonic() + 31):
+            self.assertEqual(self.call("GET", "/actors", headers=self.headers(token=rotated)).status_code, 200)
+        error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
+        self.assertEqual(error["code"], "unknown_key")
+
+    def test_the_cache_is_bounded(self):
+        verifier = self.app.extensions["auth"]
+        with mock.patch.object(verifier, "CACHE_SIZE", 3):
+            for i in range(10):
+                token = self.issuer.token(["get:actors"], sub=f"user-{i}")
+                self.assertEqual(self.call("GET", "/actors", headers=self.headers(token=token)).status_code, 200)
+                self.assertLessEqual(len(verifier._verified), 3)
+
+
 class LocalIssuerTest(unittest.TestCase):
     """No AUTH0_DOMAIN and no JWKS_URL: the app is its own issuer."""
 
