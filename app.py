@@ -36,7 +36,7 @@ from werkzeug.routing import BaseConverter
 
 import schemas
 from auth import init_auth, requires_auth, token_command
-from models import MAX_ID, Actor, Casting, Movie, columns, db
+from models import MAX_ID, Actor, Casting, Movie, RowCount, columns, db
 
 MIB = 1024 * 1024
 # An oversized body is read and discarded up to this bound before the 413, so
@@ -228,11 +228,19 @@ def contains(column, q):
     return column.ilike(f"%{escaped}%", escape="\\")
 
 
+def count(statement):
+    return db.session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
+
+
 def page_of(statement, model, search_column, args):
     """One page of `statement` (rows of `model`), ordered by id, with its total."""
     if "q" in args:
         statement = statement.where(contains(search_column, args["q"]))
-    total = db.session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
+        total = count(statement)
+    elif statement.get_final_froms() == [model.__table__]:  # the whole table: its counter row
+        total = db.session.scalar(select(RowCount.n).where(RowCount.table_name == model.__tablename__))
+    else:
+        total = count(statement)
     offset = (args["page"] - 1) * args["per_page"]
     rows = []
     if offset < total:  # a page past the end is empty, whatever its number

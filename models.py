@@ -9,7 +9,7 @@ but never the other side.
 import sqlite3
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Column, Date, ForeignKey, Index, Integer, MetaData, String, event
+from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, Integer, MetaData, String, event
 from sqlalchemy.engine import Engine
 
 # Named constraints, so that migrations can refer to them on every database.
@@ -93,6 +93,16 @@ class Casting(db.Model):
     movie_id = Column(Integer, ForeignKey("movies.id", ondelete="CASCADE"), primary_key=True)
     actor_id = Column(Integer, ForeignKey("actors.id", ondelete="CASCADE"), primary_key=True)
     character = Column(String(120), nullable=True)
+
+
+class RowCount(db.Model):
+    """The exact number of rows of a table, kept by triggers (migration 0002):
+    a list's total without counting the table."""
+
+    __tablename__ = "row_counts"
+
+    table_name = Column(String(20), primary_key=True)
+    n = Column(BigInteger, nullable=False)
 
 
 def columns(row):

@@ -7,9 +7,10 @@ import tempfile
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
+from sqlalchemy import delete, insert, select, text
 
 from app import create_app
-from models import Actor, Casting, Movie, db, migration_filter
+from models import Actor, Casting, Movie, RowCount, db, migration_filter
 from seed import ACTORS, CASTINGS, MOVIES
 from testing import ApiTestCase, app_config
 
@@ -45,6 +46,51 @@ class MigrationTest(ApiTestCase):
                 upgrade(directory=MIGRATIONS)
             self.assertEqual(schema_differences(app), [])
             with app.app_context():
+                db.engine.dispose()
+
+
+class RowCounterTest(ApiTestCase):
+    """The totals of /actors and /movies come from counter rows kept by triggers."""
+
+    def totals(self):
+        return (
+            self.call("GET", "/actors").get_json()["total_actors"],
+            self.call("GET", "/movies").get_json()["total_movies"],
+        )
+
+    def counters(self):
+        with self.app.app_context():
+            return {row.table_name: row.n for row in db.session.scalars(select(RowCount))}
+
+    def test_totals_stay_exact_through_every_kind_of_write(self):
+        actor = {"name": "A", "age": 30, "gender": "F"}
+        ids = [self.call("POST", "/actors", json=actor).get_json()["actor"]["id"] for _ in range(3)]
+        movie = self.call("POST", "/movies", json={"title": "M", "release_date": "2020-01-01"}).get_json()["movie"]
+        self.call("PUT", f"/movies/{movie['id']}/actors/{ids[0]}")
+        self.assertEqual(self.totals(), (3, 1))
+        self.call("DELETE", f"/actors/{ids[0]}")  # its casting goes too; the movie stays
+        self.assertEqual(self.totals(), (2, 1))
+        with self.app.app_context(), db.engine.begin() as connection:  # writes that bypass the API
+            connection.execute(insert(Actor), [actor] * 5)
+            connection.execute(delete(Actor).where(Actor.id == ids[1]))
+        self.assertEqual(self.totals(), (6, 1))
+        self.assertEqual(self.counters(), {"actors": len(self.rows(Actor)), "movies": len(self.rows(Movie))})
+        self.call("DELETE", f"/movies/{movie['id']}")
+        self.assertEqual(self.totals(), (6, 0))
+
+    def test_the_migration_counts_the_rows_already_there(self):
+        with tempfile.TemporaryDirectory() as folder:
+            app = create_app(app_config(DATABASE_URL=f"sqlite:///{folder}/old.db"))
+            with app.app_context():
+                upgrade(directory=MIGRATIONS, revision="0001")
+                with db.engine.begin() as connection:
+                    connection.execute(
+                        text("INSERT INTO actors (name, age, gender) VALUES ('A', 1, 'F'), ('B', 2, 'M')")
+                    )
+                upgrade(directory=MIGRATIONS)
+                self.assertEqual(db.session.get(RowCount, "actors").n, 2)
+                self.assertEqual(db.session.get(RowCount, "movies").n, 0)
+                db.session.remove()
                 db.engine.dispose()
 
 
