@@ -19,7 +19,7 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
 from flask_swagger_ui import get_swaggerui_blueprint
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from webargs.flaskparser import FlaskParser
@@ -213,6 +213,15 @@ def list_query(blp):
     return blp.arguments(schemas.SearchQuerySchema, location="query", error_status_code=400)
 
 
+def delete_or_404(statement, message="the resource was deleted meanwhile"):
+    """Run a DELETE; no row deleted (another request was first) is a 404, so of
+    two concurrent deletes of one row exactly one succeeds."""
+    deleted = db.session.execute(statement).rowcount
+    db.session.commit()
+    if deleted == 0:
+        raise NotFound(message)
+
+
 def get_or_404(model, id_):
     row = db.session.get(model, id_) if id_ <= MAX_ID else None
     if row is None:
@@ -365,10 +374,9 @@ def resource_blueprint(res):
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, **row):
             """Delete, with its castings"""
-            item = row[res.key]
-            db.session.delete(item)
-            db.session.commit()
-            return {"success": True, "delete": item.id}
+            item_id = row[res.key].id
+            delete_or_404(delete(res.model).where(res.model.id == item_id))
+            return {"success": True, "delete": item_id}
 
     return blp
 
@@ -445,11 +453,8 @@ def casting_routes(blp):
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, movie_id, actor_id):
             """Remove an actor from a movie's cast"""
-            casting = db.session.get(Casting, (movie_id.id, actor_id.id))
-            if casting is None:
-                raise NotFound(f"actor {actor_id.id} is not cast in movie {movie_id.id}")
-            db.session.delete(casting)
-            db.session.commit()
+            statement = delete(Casting).where(Casting.movie_id == movie_id.id, Casting.actor_id == actor_id.id)
+            delete_or_404(statement, f"actor {actor_id.id} is not cast in movie {movie_id.id}")
             return {"success": True, "delete": actor_id.id}
 
 

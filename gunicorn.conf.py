@@ -26,4 +26,7 @@ keepalive = 5
 # them: a 200-character ?q= percent-encoded is up to 2,400 bytes, and an
 # Auth0 access token with many permissions can run to several kilobytes.
 limit_request_line = 8190
+# gunicorn 27's control socket sits at one path per user, shared by every
+# gunicorn that user runs (tests, the benchmark); the app does not use it.
+control_socket_disable = True
 limit_request_field_size = 16384

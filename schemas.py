@@ -18,6 +18,13 @@ from marshmallow import (
 # --- fields -------------------------------------------------------------------
 
 
+# Whitespace as JSON Schema's regular expressions (ECMA-262) define `\s`, spelled
+# out so that Python and every validator of the description agree on it
+# (Python's own `\s` and str.strip() also count U+001C..U+001F, not U+FEFF).
+WHITESPACE = r"\t\n\x0b\x0c\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_WHITESPACE_CHARS = "".join(filter(re.compile(f"[{WHITESPACE}]").fullmatch, map(chr, range(0x10000))))
+
+
 class Text(fields.String):
     """Text with a length limit (counted as sent), at least one non-whitespace
     character, stored trimmed. U+0000 and unpaired surrogates are refused: no
@@ -27,7 +34,7 @@ class Text(fields.String):
         super().__init__(
             validate=validate.Length(min=1, max=max_length),
             # One non-whitespace character, and no U+0000 anywhere.
-            metadata={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
+            metadata={"pattern": f"^[^\\x00]*[^{WHITESPACE}\\x00][^\\x00]*$"},
             **kwargs,
         )
 
@@ -42,9 +49,10 @@ class Text(fields.String):
         # The length limit applies to the text as sent, before trimming.
         for validator in self.validators:
             validator(text)
-        if not text.strip():
+        trimmed = text.strip(_WHITESPACE_CHARS)
+        if not trimmed:
             raise ValidationError("Must contain a non-whitespace character.")
-        return text.strip()
+        return trimmed
 
 
 def whole_number(value):

@@ -278,6 +278,10 @@ ACTOR_FIELD_CASES = [
     ("name", "   \t\n", False, None),
     ("name", "Zoë Saldaña 周迅", True, "Zoë Saldaña 周迅"),
     ("name", "nul\x00here", False, None),
+    # Whitespace is JSON Schema's (ECMA-262) \s, exactly as the description says:
+    ("name", "\u3000Zoë\ufeff\u00a0", True, "Zoë"),
+    ("name", "\ufeff\u2028", False, None),
+    ("name", "\x1c\x1c", True, "\x1c\x1c"),
     ("name", "lone \ud800 surrogate", False, None),
     ("name", 42, False, None),
     ("name", None, False, None),
@@ -444,6 +448,22 @@ class ItemTest(ApiTestCase):
                 other = Movie if res["model"] is Actor else Actor
                 self.assertEqual(len(self.rows(other)), 1)
                 self._empty_database()
+
+    def test_of_two_concurrent_deletes_one_wins_and_the_other_is_404(self):
+        real_get = scoped_session.get
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                item_id = self.add(res["model"], **res["row"])["id"]
+
+                def get_then_lose_the_race(session, model, key, **kwargs):
+                    row = real_get(session, model, key, **kwargs)
+                    with self.app.app_context(), db.engine.begin() as connection:  # the other DELETE commits first
+                        connection.execute(delete(model).where(model.id == key))
+                    return row
+
+                with mock.patch.object(scoped_session, "get", get_then_lose_the_race):
+                    self.assertError(self.call("DELETE", f"/{res['plural']}/{item_id}"), 404, "deleted meanwhile")
+                self.assertEqual(self.rows(res["model"]), [])
 
     def test_missing_and_impossible_ids_are_404_for_every_method(self):
         for res in RESOURCES:
