@@ -9,6 +9,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import scoped_session
 
+import app as application
 from app import create_app
 from models import MAX_ID, Actor, Casting, Movie, db
 from testing import ApiTestCase, app_config
@@ -449,20 +450,34 @@ class ItemTest(ApiTestCase):
                 self.assertEqual(len(self.rows(other)), 1)
                 self._empty_database()
 
+    def losing_a_race(self):
+        """Patch the lookup of a row so that, right after it, another request
+        deletes that row: the view then loses the race."""
+        real_lookup = application.row_or_404
+
+        def lookup_then_lose(model, key):
+            row = real_lookup(model, key)
+            with self.app.app_context(), db.engine.begin() as connection:
+                connection.execute(delete(model).where(model.id == key))
+            return row
+
+        return mock.patch("app.row_or_404", lookup_then_lose)
+
     def test_of_two_concurrent_deletes_one_wins_and_the_other_is_404(self):
-        real_get = scoped_session.get
         for res in RESOURCES:
             with self.subTest(res["plural"]):
                 item_id = self.add(res["model"], **res["row"])["id"]
-
-                def get_then_lose_the_race(session, model, key, **kwargs):
-                    row = real_get(session, model, key, **kwargs)
-                    with self.app.app_context(), db.engine.begin() as connection:  # the other DELETE commits first
-                        connection.execute(delete(model).where(model.id == key))
-                    return row
-
-                with mock.patch.object(scoped_session, "get", get_then_lose_the_race):
+                with self.losing_a_race():
                     self.assertError(self.call("DELETE", f"/{res['plural']}/{item_id}"), 404, "deleted meanwhile")
+                self.assertEqual(self.rows(res["model"]), [])
+
+    def test_a_patch_of_a_row_deleted_meanwhile_is_404(self):
+        for res in RESOURCES:
+            with self.subTest(res["plural"]):
+                item_id = self.add(res["model"], **res["row"])["id"]
+                with self.losing_a_race():
+                    response = self.call("PATCH", f"/{res['plural']}/{item_id}", json=res["edit"])
+                self.assertError(response, 404, "deleted meanwhile")
                 self.assertEqual(self.rows(res["model"]), [])
 
     def test_missing_and_impossible_ids_are_404_for_every_method(self):
