@@ -6,8 +6,7 @@ import unittest
 from unittest import mock
 
 from sqlalchemy import delete
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import scoped_session
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app as application
 from app import create_app
@@ -543,19 +542,18 @@ class CastingTest(ApiTestCase):
                 self.assertEqual(self.rows(Casting)[0]["character"], "Mei")
 
     def racing(self, meanwhile):
-        """Patch the session so that the PUT's first look for the casting runs
-        `meanwhile` (another request's commit) and then finds nothing."""
-        real_get = scoped_session.get
+        """Patch the statements so that `meanwhile` (another request's commit)
+        runs just before the PUT's INSERT of the casting, after it found none."""
+        real_run = application.run
         raced = []
 
-        def get(session, model, key, **kwargs):
-            if model is Casting and not raced:
-                raced.append(key)
+        def run(statement):
+            if statement.is_insert and statement.table.name == "castings" and not raced:
+                raced.append(statement)
                 meanwhile()
-                return None
-            return real_get(session, model, key, **kwargs)
+            return real_run(statement)
 
-        return mock.patch.object(scoped_session, "get", get)
+        return mock.patch("app.run", run)
 
     def test_put_racing_another_put_of_the_same_pair_is_an_update(self):
         with self.racing(lambda: self.add(Casting, movie_id=self.movie, actor_id=self.actor, character="A")):
@@ -571,6 +569,19 @@ class CastingTest(ApiTestCase):
 
         with self.racing(delete_actor):
             self.assertError(self.call("PUT", self.path), 404, f"actor {self.actor} not found")
+        self.assertEqual(self.rows(Casting), [])
+
+    def test_put_gives_up_with_503_when_the_pair_keeps_changing(self):
+        # Every INSERT finds the pair cast, every look finds it gone: as if other
+        # requests cast and removed it between each of this PUT's statements.
+        def run(statement):
+            if statement.is_insert and statement.table.name == "castings":
+                raise IntegrityError(str(statement), {}, Exception("duplicate key"))
+            return real_run(statement)
+
+        real_run = application.run
+        with mock.patch("app.run", run):
+            self.assertError(self.call("PUT", self.path, json={"character": "Mei"}), 503, "changing too fast")
         self.assertEqual(self.rows(Casting), [])
 
     def test_put_needs_both_sides_to_exist(self):

@@ -21,7 +21,7 @@ import jwt
 from app import create_app
 from auth import ROLES, JWKSKeys, role_permissions
 from models import Actor, Casting, Movie
-from testing import AUDIENCE, ApiTestCase, Issuer, app_config, rsa_key
+from testing import AUDIENCE, ApiTestCase, Issuer, app_config, dispose, rsa_key
 
 MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
@@ -353,10 +353,7 @@ class LocalIssuerTest(unittest.TestCase):
                 self.assertEqual(response.status_code, 201 if "add:movies" in ROLES[role] else 403)
                 response = client.get("/actors", headers={"Authorization": f"Bearer {token}"})
                 self.assertEqual(response.status_code, 200)
-        with app.app_context():
-            from models import db
-
-            db.engine.dispose()
+        dispose(app)
 
     def test_the_key_is_kept_private_and_reused(self):
         self.make_app()

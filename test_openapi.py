@@ -17,7 +17,7 @@ from auth import PERMISSIONS
 from models import Actor, Casting, Movie, db
 from schemas import US_DATE_PATTERN, parse_release_date
 from seed import seed
-from testing import ISSUER_ON_LOOPBACK, app_config, prepare_database
+from testing import ISSUER_ON_LOOPBACK, app_config, dispose, prepare_database
 
 app = create_app(app_config())
 # The token goes in through the description's own security scheme, so that the
@@ -95,7 +95,7 @@ def sample_data():
         for model in (Casting, Movie, Actor):
             db.session.execute(db.delete(model))
         db.session.commit()
-        db.engine.dispose()
+    dispose(app)
 
 
 @schema.parametrize()

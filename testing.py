@@ -116,6 +116,15 @@ def app_config(**overrides):
     }
 
 
+def dispose(app):
+    """Close the app's pooled connections (both engines), so no test leaves
+    connections open against the test database."""
+    app.extensions["statements"].dispose()
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
 def prepare_database(app):
     """Once per test run: drop whatever is there and build the schema from the
     migrations, so every test runs on the schema a deploy gets."""
@@ -144,11 +153,10 @@ class ApiTestCase(unittest.TestCase):
         self.addCleanup(self._empty_database)
 
     def _empty_database(self):
-        with self.app.app_context():
-            with db.engine.begin() as connection:
-                for table in ("castings", "movies", "actors"):
-                    connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed names)
-            db.engine.dispose()
+        with self.app.app_context(), db.engine.begin() as connection:
+            for table in ("castings", "movies", "actors"):
+                connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed names)
+        dispose(self.app)
 
     # --- requests -----------------------------------------------------------
 
