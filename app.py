@@ -20,7 +20,7 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
 from flask_swagger_ui import get_swaggerui_blueprint
-from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, SQLAlchemyError
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import (
@@ -252,15 +252,22 @@ def statement_engine(app):
     return engines[1]
 
 
-def run(statement):
+def run(statement, parameters=None):
     with current_app.extensions["statements"].connect() as connection:
-        return connection.execute(statement)
+        return connection.execute(statement, parameters)
+
+
+# The hot statements are built once: building one costs about as much as
+# running it (SQLAlchemy caches the compiled SQL, not the construction).
+@functools.cache
+def by_id(table):
+    return select(table).where(table.c.id == bindparam("id"))
 
 
 def row_or_404(model, id_):
     row = None
     if id_ <= MAX_ID:
-        row = run(select(model.__table__).where(model.id == id_)).mappings().first()
+        row = run(by_id(model.__table__), {"id": id_}).mappings().first()
     if row is None:
         raise NotFound(f"{model.__tablename__[:-1]} {id_} not found")
     return dict(row)
@@ -287,35 +294,48 @@ def delete_or_404(statement, message="the resource was deleted meanwhile"):
 MAX_OFFSET = 2**62
 
 
-def contains(column, q):
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.ilike(f"%{escaped}%", escape="\\")
+def like_pattern(q):
+    """?q= as an ILIKE pattern matching it anywhere, its wildcards escaped."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def page_of(statement, model, search_column, args, whole_table=False):
-    """One page of `statement` (rows of `model`, ordered by id) and the total, in
-    one SQL statement: the whole table's total is its counter row (no count of
-    the table), a filtered one a window count over the matches."""
-    if "q" in args:
-        statement = statement.where(contains(search_column, args["q"]))
-    if whole_table and "q" not in args:
-        total = select(RowCount.n).where(RowCount.table_name == model.__tablename__).scalar_subquery()
-    else:
-        total = func.count().over()
-    offset = (args["page"] - 1) * args["per_page"]
-    rows = []
-    with current_app.extensions["statements"].connect() as connection:
-        if offset < MAX_OFFSET:
-            page = statement.add_columns(total.label("total")).order_by(model.id)
-            page = page.limit(args["per_page"]).offset(offset)
-            rows = connection.execute(page).mappings().all()  # the schemas ignore "total"
-        if rows:
-            count = rows[0]["total"]
-        elif offset == 0:
-            count = 0
-        else:  # past the end: count apart
-            count = connection.execute(select(func.count()).select_from(statement.subquery())).scalar()
-    return rows, count
+class Listing:
+    """A paginated list: one page of `rows` (a select of `model`'s table, maybe
+    joined, with bind parameters) ordered by id, and the total, in one SQL
+    statement built once. The whole table's total is its counter row (no count
+    of the table), a filtered one a window count over the matches."""
+
+    def __init__(self, rows, model, search_column, whole_table=False):
+        searched = rows.where(search_column.ilike(bindparam("pattern"), escape="\\"))
+        counter = select(RowCount.n).where(RowCount.table_name == model.__tablename__).scalar_subquery()
+        unfiltered_total = counter if whole_table else func.count().over()
+        self.statements = {  # searching? -> (the page, the count past the end)
+            searching: (
+                source.add_columns(total.label("total"))
+                .order_by(model.id)
+                .limit(bindparam("limit"))
+                .offset(bindparam("offset")),
+                select(func.count()).select_from(source.subquery()),
+            )
+            for searching, source, total in ((False, rows, unfiltered_total), (True, searched, func.count().over()))
+        }
+
+    def page(self, args, **parameters):
+        """(rows, total) for the ?page, ?per_page and ?q in `args`."""
+        if "q" in args:
+            parameters["pattern"] = like_pattern(args["q"])
+        page, count = self.statements["q" in args]
+        offset = (args["page"] - 1) * args["per_page"]
+        rows = []
+        with current_app.extensions["statements"].connect() as connection:
+            if offset < MAX_OFFSET:
+                limits = {"limit": args["per_page"], "offset": offset}
+                rows = connection.execute(page, {**parameters, **limits}).mappings().all()  # schemas ignore "total"
+            if rows:
+                return rows, rows[0]["total"]
+            if offset == 0:
+                return rows, 0
+            return rows, connection.execute(count, parameters).scalar()  # past the end: count apart
 
 
 # --- resources ----------------------------------------------------------------
@@ -380,6 +400,7 @@ def service_blueprint():
 
 def resource_blueprint(res):
     blp = ApiBlueprint(res.plural, __name__, url_prefix=f"/{res.plural}", description=f"The {res.plural}.")
+    listing = Listing(select(res.model.__table__), res.model, res.search_column, whole_table=True)
 
     @blp.route("")
     class Collection(MethodView):
@@ -388,7 +409,7 @@ def resource_blueprint(res):
         @blp.response(200, res.page_envelope)
         def get(self, args):
             """List, paginated, optionally filtered by ?q="""
-            rows, total = page_of(select(res.model.__table__), res.model, res.search_column, args, whole_table=True)
+            rows, total = listing.page(args)
             return {
                 "success": True,
                 res.plural: rows,
@@ -443,6 +464,13 @@ def cast_list(blp, owner, other, permission):
     envelope = schemas.page_envelope(other.cast_schema, other.plural, owner_key=owner.key)
     owner_column = getattr(Casting, owner.key)
     other_column = getattr(Casting, other.key)
+    listing = Listing(
+        select(other.model.__table__, Casting.character)
+        .join(Casting, other_column == other.model.id)
+        .where(owner_column == bindparam("owner")),
+        other.model,
+        other.search_column,
+    )
 
     @blp.route(f"/<id:{owner.key}>/{other.plural}")
     class CastList(MethodView):
@@ -453,12 +481,7 @@ def cast_list(blp, owner, other, permission):
         @blp.doc(summary=f"List the {other.plural} of one {owner.singular}, each with its character")
         def get(self, args, **row):
             owner_id = row[owner.key]["id"]
-            statement = (
-                select(other.model.__table__, Casting.character)
-                .join(Casting, other_column == other.model.id)
-                .where(owner_column == owner_id)
-            )
-            rows, total = page_of(statement, other.model, other.search_column, args)
+            rows, total = listing.page(args, owner=owner_id)
             return {
                 "success": True,
                 owner.key: owner_id,

@@ -99,7 +99,7 @@ class RequestIdTest(ApiTestCase):
                 self.assertNotEqual(response.headers["X-Request-ID"], bad)
 
     def test_the_log_of_a_500_names_the_request_id(self):
-        with mock.patch("app.page_of", side_effect=RuntimeError("boom")), self.assertLogs("app", "ERROR") as logs:
+        with mock.patch("app.Listing.page", side_effect=RuntimeError("boom")), self.assertLogs("app", "ERROR") as logs:
             response = self.call("GET", "/actors")
         self.assertIn(f"request_id={response.headers['X-Request-ID']}", logs.output[0])
 
@@ -547,11 +547,11 @@ class CastingTest(ApiTestCase):
         real_run = application.run
         raced = []
 
-        def run(statement):
+        def run(statement, parameters=None):
             if statement.is_insert and statement.table.name == "castings" and not raced:
                 raced.append(statement)
                 meanwhile()
-            return real_run(statement)
+            return real_run(statement, parameters)
 
         return mock.patch("app.run", run)
 
@@ -574,10 +574,10 @@ class CastingTest(ApiTestCase):
     def test_put_gives_up_with_503_when_the_pair_keeps_changing(self):
         # Every INSERT finds the pair cast, every look finds it gone: as if other
         # requests cast and removed it between each of this PUT's statements.
-        def run(statement):
+        def run(statement, parameters=None):
             if statement.is_insert and statement.table.name == "castings":
                 raise IntegrityError(str(statement), {}, Exception("duplicate key"))
-            return real_run(statement)
+            return real_run(statement, parameters)
 
         real_run = application.run
         with mock.patch("app.run", run):
@@ -717,7 +717,7 @@ class ErrorOrderTest(ApiTestCase):
 class UnexpectedErrorTest(ApiTestCase):
     def test_500_leaks_no_traceback_or_sql(self):
         boom = RuntimeError("SELECT secret FROM passwords -- Traceback")
-        with mock.patch("app.page_of", side_effect=boom), self.assertLogs("app", "ERROR") as logs:
+        with mock.patch("app.Listing.page", side_effect=boom), self.assertLogs("app", "ERROR") as logs:
             body = self.assertError(self.call("GET", "/actors"), 500, "internal server error")
         self.assertNotIn("SELECT", str(body))
         self.assertIn("Traceback", "\n".join(logs.output))  # the server log keeps it
@@ -725,7 +725,7 @@ class UnexpectedErrorTest(ApiTestCase):
     def test_database_errors_are_json_and_roll_back(self):
         lost = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
         lost.connection_invalidated = True
-        with mock.patch("app.page_of", side_effect=lost), self.assertLogs("app", "WARNING"):
+        with mock.patch("app.Listing.page", side_effect=lost), self.assertLogs("app", "WARNING"):
             self.assertError(self.call("GET", "/actors"), 503, "database is unavailable")
 
 
