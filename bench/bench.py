@@ -9,10 +9,15 @@ command): requests/s, p50 and p99 latency, throughput as a share of the ceiling
 a ratio of the smallest's, the responses that were not 2xx, and the JWKS fetches
 the issuer saw during the timed runs.
 
+With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
+samples the gunicorn workers from outside; the hottest packages and functions
+by samples of their own are printed, and the collapsed stacks (for speedscope
+or flamegraph.pl) kept in the run's log folder.
+
 Settings (environment): BENCH_THREADS (2), BENCH_CONNECTIONS (16),
 BENCH_DURATION (10s), BENCH_WARMUP (2s, per operation, untimed),
 BENCH_SIZES (1000,100000: actors; a movie per 10 actors, 3 castings per actor),
-BENCH_PG (postgresql://postgres@127.0.0.1:5432), DB_POOL_SIZE (the app's).
+BENCH_PG (postgresql://postgres@127.0.0.1:5432), BENCH_PROFILE (off), DB_POOL_SIZE (the app's).
 """
 
 # This script runs fixed commands only (wrk, git, the virtualenv's flask and gunicorn).
@@ -34,6 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,6 +58,7 @@ DURATION = os.environ.get("BENCH_DURATION", "10s")
 WARMUP = os.environ.get("BENCH_WARMUP", "2s")
 SIZES = sorted({int(size) for size in os.environ.get("BENCH_SIZES", "1000,100000").split(",")})
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+PROFILE = os.environ.get("BENCH_PROFILE", "0") not in ("", "0")
 DATABASE = "casting_bench"
 DATABASE_URL = f"{PG}/{DATABASE}"
 WORKERS = 2
@@ -327,6 +334,49 @@ def run_wrk(base, script, duration, env, wrk_log):
     }
 
 
+# --- py-spy ----------------------------------------------------------------------
+
+
+def profile(server, base, script, env, wrk_log, out):
+    """Drive the operation once more while py-spy samples gunicorn's workers
+    (--nonblocking: it never pauses them); keep the collapsed stacks in `out`
+    and return a summary of where the samples were."""
+    seconds = 5
+    command = [str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking"]
+    command += ["--full-filenames", "--format", "raw", "--duration", str(seconds), "--output", str(out)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let it attach
+    run_wrk(base, script, f"{seconds}s", env, wrk_log)
+    _, errors = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed ({spy.returncode}): {errors.strip()[-500:]}")
+    return hottest(out)
+
+
+def hottest(collapsed, top=6):
+    """Shares of the samples by the package (or our module) and by the function
+    that was running: its own time, not its callees'."""
+    packages, functions, total = Counter(), Counter(), 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = stack.rsplit(";", 1)[-1]  # "function (path:line)"
+        name, _, where = frame.partition(" (")
+        path = where.rsplit(":", 1)[0]
+        if "site-packages/" in path:
+            package = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        else:  # the standard library or ours: the module, or the package of an __init__.py
+            package = (Path(path).parent.name if path.endswith("__init__.py") else Path(path).name) or name
+        samples = int(count)
+        total += samples
+        packages[package] += samples
+        functions[f"{name} ({package})"] += samples
+
+    def shares(counter):
+        return ", ".join(f"{key} {samples / total:.0%}" for key, samples in counter.most_common(top))
+
+    return f"{total} samples; by package: {shares(packages)}; by function: {shares(functions)}"
+
+
 # --- the report ------------------------------------------------------------------
 
 
@@ -386,8 +436,12 @@ def software():
         postgres = cursor.fetchone()[0]
     connection.close()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    # A previous run's results.md is not a change to what is measured.
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.md"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return (
         f"commit {commit.stdout.strip()}{' (with uncommitted changes)' if dirty else ''}; "
@@ -449,7 +503,7 @@ def main():
             server = start_server(issuer, port, server_log)
             log(f"gunicorn ({WORKERS} workers) on {base}")
             for size in SIZES:
-                run_size(size, base, token, issuer, results, notes, wrk_log)
+                run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir)
             timed_fetches = sum(result["jwks"] for result in results.values())
             notes.append(
                 f"- JWKS fetches outside the timed runs (checks, warm-ups): {issuer.fetches - timed_fetches} "
@@ -468,7 +522,7 @@ def main():
                 issuer.stop()
 
 
-def run_size(size, base, token, issuer, results, notes, wrk_log):
+def run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir):
     """Load a data set of this size, then warm up and time each operation on it."""
     started = time.monotonic()
     movies, castings = load(size)
@@ -483,6 +537,9 @@ def run_size(size, base, token, issuer, results, notes, wrk_log):
         result = run_wrk(base, script, DURATION, env, wrk_log)
         result["jwks"] = issuer.fetches - fetches
         results[(name, size)] = result
+        if PROFILE:
+            summary = profile(server, base, script, env, wrk_log, run_dir / f"profile-{name}-{size}.txt")
+            log(f"{label} at {size:,}, profiled: {summary}")
         if name == "post_actor":
             delete_actors_after(size)
         log(
