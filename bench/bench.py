@@ -436,9 +436,9 @@ def software():
         postgres = cursor.fetchone()[0]
     connection.close()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    # A previous run's results.md is not a change to what is measured.
+    # Documentation (a previous run's results.md, the README) is not a change to what is measured.
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.md"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.md"],
         cwd=REPO,
         capture_output=True,
         text=True,
