@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import app as application
 from app import create_app
 from models import MAX_ID, Actor, Casting, Movie, db
-from testing import ApiTestCase, app_config
+from testing import ApiTestCase, app_config, dispose
 
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
 MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
@@ -151,6 +151,31 @@ class DatabaseDownTest(ApiTestCase):
     def test_api_requests_are_503(self):
         response = self.down_client.get("/actors", headers=self.headers())
         self.assertError(response, 503, "database is unavailable")
+
+
+class ConnectionPoolTest(ApiTestCase):
+    def test_requests_use_only_the_autocommit_pool(self):
+        # The README sizes DB_POOL_SIZE on this: a web worker's connections
+        # all come from the statements engine, none from db.engine.
+        app = create_app(app_config())
+        client = app.test_client()
+        created = client.post("/actors", json=ACTOR, headers=self.headers()).get_json()["actor"]
+        movie = client.post("/movies", json=MOVIE, headers=self.headers()).get_json()["movie"]
+        for method, path, body in (
+            ("GET", "/actors", None),
+            ("GET", f"/actors/{created['id']}", None),
+            ("PATCH", f"/actors/{created['id']}", {"age": 30}),
+            ("PUT", f"/movies/{movie['id']}/actors/{created['id']}", {"character": "Mei"}),
+            ("GET", f"/movies/{movie['id']}/actors", None),
+            ("DELETE", f"/movies/{movie['id']}/actors/{created['id']}", None),
+            ("GET", "/health", None),
+        ):
+            response = client.open(path, method=method, json=body, headers=self.headers())
+            self.assertLess(response.status_code, 300, (method, path, response.get_json()))
+        with app.app_context():
+            self.assertEqual(db.engine.pool.checkedin() + db.engine.pool.checkedout(), 0)
+        self.assertGreater(app.extensions["statements"].pool.checkedin(), 0)
+        dispose(app)
 
 
 class CollectionTest(ApiTestCase):
