@@ -5,7 +5,7 @@ import datetime
 import unittest
 from unittest import mock
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app as application
@@ -176,6 +176,22 @@ class ConnectionPoolTest(ApiTestCase):
             self.assertEqual(db.engine.pool.checkedin() + db.engine.pool.checkedout(), 0)
         self.assertGreater(app.extensions["statements"].pool.checkedin(), 0)
         dispose(app)
+
+
+class StaleConnectionTest(ApiTestCase):
+    def test_a_connection_the_server_closed_is_replaced_before_use(self):
+        engine = self.app.extensions["statements"]
+        if engine.dialect.name != "postgresql":
+            self.skipTest("SQLite has no server to close a connection")
+        with engine.connect() as connection:  # the pool's one connection, back in the pool after
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with self.app.app_context(), db.engine.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+        # The server has closed it, as in a restart; the request must not fail on it.
+        response = self.call("GET", "/actors")
+        self.assertEqual(response.status_code, 200, response.get_json())
+        with engine.connect() as connection:
+            self.assertNotEqual(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar(), pid)
 
 
 class CollectionTest(ApiTestCase):
