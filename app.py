@@ -243,13 +243,7 @@ def statement_engine(app):
     but every connection in autocommit mode from the start. Switching a pooled
     connection's isolation level on each checkout costs more than the query."""
     with app.app_context():
-        engines = (
-            db.engine,
-            create_engine(db.engine.url, isolation_level="AUTOCOMMIT", **app.config["SQLALCHEMY_ENGINE_OPTIONS"]),
-        )
-    for engine in engines:
-        event.listen(engine, "checkout", closed_by_the_server)
-    return engines[1]
+        return create_engine(db.engine.url, isolation_level="AUTOCOMMIT", **app.config["SQLALCHEMY_ENGINE_OPTIONS"])
 
 
 def run(statement, parameters=None):
@@ -274,7 +268,7 @@ def row_or_404(model, id_):
 
 
 def one_or_404(statement, message="the resource was deleted meanwhile"):
-    """Run a write with RETURNING; no row (another request deleted it first) is a 404."""
+    """Run an UPDATE with RETURNING; no row (another request deleted it first) is a 404."""
     row = run(statement).mappings().first()
     if row is None:
         raise NotFound(message)
@@ -306,19 +300,21 @@ class Listing:
     of the table), a filtered one a window count over the matches."""
 
     def __init__(self, rows, model, search_column, whole_table=False):
+        def page(source, total):
+            ordered = source.add_columns(total.label("total")).order_by(model.id)
+            return ordered.limit(bindparam("limit")).offset(bindparam("offset"))
+
+        def count(source):
+            return select(func.count()).select_from(source.subquery())
+
         searched = rows.where(search_column.ilike(bindparam("pattern"), escape="\\"))
-        counter = select(RowCount.n).where(RowCount.table_name == model.__tablename__).scalar_subquery()
-        unfiltered_total = counter if whole_table else func.count().over()
-        self.statements = {  # searching? -> (the page, the count past the end)
-            searching: (
-                source.add_columns(total.label("total"))
-                .order_by(model.id)
-                .limit(bindparam("limit"))
-                .offset(bindparam("offset")),
-                select(func.count()).select_from(source.subquery()),
-            )
-            for searching, source, total in ((False, rows, unfiltered_total), (True, searched, func.count().over()))
-        }
+        if whole_table:
+            counter = select(RowCount.n).where(RowCount.table_name == model.__tablename__)
+            unfiltered = page(rows, counter.scalar_subquery()), counter
+        else:
+            unfiltered = page(rows, func.count().over()), count(rows)
+        # searching? -> (the page with its total, the total alone for a page past the end)
+        self.statements = {False: unfiltered, True: (page(searched, func.count().over()), count(searched))}
 
     def page(self, args, **parameters):
         """(rows, total) for the ?page, ?per_page and ?q in `args`."""
@@ -423,7 +419,7 @@ def resource_blueprint(res):
         @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER})
         def post(self, data):
             """Create"""
-            row = one_or_404(insert(res.model).values(**data).returning(*res.model.__table__.c))
+            row = dict(run(insert(res.model).values(**data).returning(*res.model.__table__.c)).mappings().one())
             location = url_for(f"{res.plural}.Item", **{res.key: row["id"]})
             return {"success": True, res.singular: row}, {"Location": location}
 
@@ -504,7 +500,8 @@ def cast(movie, actor, data):
         if existing:
             return dict(existing), False
         try:
-            return one_or_404(insert(Casting).values(movie_id=movie, actor_id=actor, **data).returning(*columns)), True
+            created = run(insert(Casting).values(movie_id=movie, actor_id=actor, **data).returning(*columns))
+            return dict(created.mappings().one()), True
         except IntegrityError:
             # Another request cast the same pair first (then this is an update:
             # go round again), or deleted the movie or the actor (then it is a 404).
@@ -666,6 +663,9 @@ def create_app(test_config=None):
 
     db.init_app(app)
     app.extensions["statements"] = statement_engine(app)
+    with app.app_context():
+        for engine in (db.engine, app.extensions["statements"]):
+            event.listen(engine, "checkout", closed_by_the_server)
     Migrate(app, db, render_as_batch=True)  # batch mode: SQLite cannot ALTER most things
     init_auth(app)
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]

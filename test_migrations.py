@@ -7,7 +7,7 @@ import tempfile
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select, text, update
 
 from app import create_app
 from models import Actor, Casting, Movie, RowCount, db, migration_filter
@@ -61,6 +61,22 @@ class RowCounterTest(ApiTestCase):
     def counters(self):
         with self.app.app_context():
             return {row.table_name: row.n for row in db.session.scalars(select(RowCount))}
+
+    def test_a_whole_table_total_is_its_counter_row_on_every_page(self):
+        # No list counts the table: set the counter apart from the rows and the
+        # total follows the counter, on the first page and on one past the end.
+        self.add(Actor, name="A", age=30, gender="F")
+        self.set_counter(1000)
+        self.addCleanup(self.set_counter, 1)  # before the cleanup deletes the row
+        for query in ("", "?page=2", "?page=999"):
+            with self.subTest(query):
+                self.assertEqual(self.call("GET", f"/actors{query}").get_json()["total_actors"], 1000)
+        # A search counts its matches instead.
+        self.assertEqual(self.call("GET", "/actors?q=a&page=999").get_json()["total_actors"], 1)
+
+    def set_counter(self, n):
+        with self.app.app_context(), db.engine.begin() as connection:
+            connection.execute(update(RowCount).where(RowCount.table_name == "actors").values(n=n))
 
     def test_totals_stay_exact_through_every_kind_of_write(self):
         actor = {"name": "A", "age": 30, "gender": "F"}
