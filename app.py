@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import uuid
-from select import POLLIN, poll
 
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
@@ -20,14 +19,13 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
 from flask_swagger_ui import get_swaggerui_blueprint
-from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, SQLAlchemyError
+from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
     InternalServerError,
-    NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -36,7 +34,9 @@ from werkzeug.routing import BaseConverter
 
 import schemas
 from auth import init_auth, requires_auth, token_command
-from models import MAX_ID, Actor, Casting, Movie, RowCount, db
+from database import delete_or_404, engine_options, execute, init_database, returned_or_404, row_or_404
+from lists import ACTOR_COLUMNS, MOVIE_COLUMNS, Listing, init_lists, next_link
+from models import MAX_ID, Actor, Casting, Movie, db
 
 MIB = 1024 * 1024
 # An oversized body is read and discarded up to this bound before the 413, so
@@ -57,33 +57,6 @@ def database_url(url):
     return url
 
 
-def closed_by_the_server(dbapi_connection, connection_record, connection_proxy):
-    """A pooled connection's check before each use, so that a restarted database
-    costs no failed request. A connection the server has closed (a restart, a
-    failover, an idle timeout) has a readable socket: its last message and then
-    end of file; an idle live one has nothing to read. DisconnectionError makes
-    the pool replace it. SQLAlchemy's pool_pre_ping asks the server instead
-    (SELECT 1), a round trip that measured a fifth of a GET /actors/<id>."""
-    fileno = getattr(dbapi_connection, "fileno", None)  # SQLite has no socket
-    if fileno is None:
-        return
-    socket = poll()
-    socket.register(fileno(), POLLIN)
-    if socket.poll(0):
-        raise DisconnectionError("the database closed this connection")
-
-
-def engine_options(url, pool_size):
-    if url.startswith("sqlite"):
-        return {}
-    return {
-        "pool_size": pool_size,
-        "max_overflow": 0,  # the pool size is a hard cap: see DB_POOL_SIZE in the README
-        "pool_timeout": 10,
-        "connect_args": {"connect_timeout": 5},  # a stopped database is a 503, not a hang
-    }
-
-
 def load_config(app, test_config):
     load_dotenv(os.path.join(app.root_path, ".env"))  # the environment wins over .env
     env = os.environ
@@ -98,6 +71,7 @@ def load_config(app, test_config):
         "JWKS_URL": env.get("JWKS_URL"),
         "JWKS_TIMEOUT": float(env.get("JWKS_TIMEOUT", 5)),
         "JWKS_MIN_REFETCH_INTERVAL": float(env.get("JWKS_MIN_REFETCH_INTERVAL", 30)),
+        "SECRET_KEY": env.get("SECRET_KEY"),  # signs list cursors: see lists.py
         # Set by gunicorn.conf.py: a production start refuses the local issuer.
         "REQUIRE_ISSUER": env.get("REQUIRE_ISSUER", "") not in ("", "0"),
         "API_TITLE": "Casting Agency API",
@@ -189,13 +163,14 @@ def protected(blp, permission):
     return decorator
 
 
-def fetch(blp, model, key):
-    """Replace the id in the view's `key` argument by its row (a dict), or answer 404."""
+def fetch(blp, model, key, name):
+    """Load the row whose id is in the path's `key` and pass it to the view as
+    `name` (a dict), or answer 404."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            kwargs[key] = row_or_404(model, kwargs[key])
+            kwargs[name] = row_or_404(model, kwargs.pop(key))
             return view(*args, **kwargs)
 
         return documented_errors(blp, 404)(wrapper)
@@ -224,140 +199,73 @@ def json_body(blp, schema, **kwargs):
     return decorator
 
 
-def list_query(blp):
-    """?page, ?per_page and ?q, malformed ones a 400."""
-    return blp.arguments(schemas.SearchQuerySchema(), location="query", error_status_code=400)
+def list_query(blp, schema):
+    """A list's query parameters (pages, cursor, search, filters, sort), malformed ones a 400."""
+    return blp.arguments(schema(), location="query", error_status_code=400)
 
 
-# --- data access ----------------------------------------------------------------
-#
-# Requests run one SQL statement at a time on their own pool of connections in
-# autocommit mode (the "statements" engine): a statement is atomic by itself,
-# so there is no BEGIN or ROLLBACK round trip around it. The ORM session and
-# its transactions (db.engine) serve the command line, the migrations and the
-# tests. The README's benchmark section says what this bought.
+NEXT_LINK_HEADER = {
+    "description": 'RFC 8288 `<path?cursor=...&per_page=k>; rel="next"`, when more items follow.',
+    "schema": {"type": "string"},
+}
 
 
-def statement_engine(app):
-    """The app's second engine: same database and pool settings as db.engine,
-    but every connection in autocommit mode from the start. Switching a pooled
-    connection's isolation level on each checkout costs more than the query."""
-    with app.app_context():
-        return create_engine(db.engine.url, isolation_level="AUTOCOMMIT", **app.config["SQLALCHEMY_ENGINE_OPTIONS"])
-
-
-def run(statement, parameters=None):
-    with current_app.extensions["statements"].connect() as connection:
-        return connection.execute(statement, parameters)
-
-
-# The hot statements are built once: building one costs about as much as
-# running it (SQLAlchemy caches the compiled SQL, not the construction).
-@functools.cache
-def by_id(table):
-    return select(table).where(table.c.id == bindparam("id"))
-
-
-def row_or_404(model, id_):
-    row = None
-    if id_ <= MAX_ID:
-        row = run(by_id(model.__table__), {"id": id_}).mappings().first()
-    if row is None:
-        raise NotFound(f"{model.__tablename__[:-1]} {id_} not found")
-    return dict(row)
-
-
-def one_or_404(statement, message="the resource was deleted meanwhile"):
-    """Run an UPDATE with RETURNING; no row (another request deleted it first) is a 404."""
-    row = run(statement).mappings().first()
-    if row is None:
-        raise NotFound(message)
-    return dict(row)
-
-
-def delete_or_404(statement, message="the resource was deleted meanwhile"):
-    """Run a DELETE; no row deleted (another request was first) is a 404, so of
-    two concurrent deletes of one row exactly one succeeds."""
-    if run(statement).rowcount == 0:
-        raise NotFound(message)
-
-
-# --- lists --------------------------------------------------------------------
-
-# OFFSET is a 64-bit integer in the databases; a page beyond it is empty anyway.
-MAX_OFFSET = 2**62
-
-
-def like_pattern(q):
-    """?q= as an ILIKE pattern matching it anywhere, its wildcards escaped."""
-    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-class Listing:
-    """A paginated list: one page of `rows` (a select of `model`'s table, maybe
-    joined, with bind parameters) ordered by id, and the total, in one SQL
-    statement built once. The whole table's total is its counter row (no count
-    of the table), a filtered one a window count over the matches."""
-
-    def __init__(self, rows, model, search_column, whole_table=False):
-        def page(source, total):
-            ordered = source.add_columns(total.label("total")).order_by(model.id)
-            return ordered.limit(bindparam("limit")).offset(bindparam("offset"))
-
-        def count(source):
-            return select(func.count()).select_from(source.subquery())
-
-        searched = rows.where(search_column.ilike(bindparam("pattern"), escape="\\"))
-        if whole_table:
-            counter = select(RowCount.n).where(RowCount.table_name == model.__tablename__)
-            unfiltered = page(rows, counter.scalar_subquery()), counter
-        else:
-            unfiltered = page(rows, func.count().over()), count(rows)
-        # searching? -> (the page with its total, the total alone for a page past the end)
-        self.statements = {False: unfiltered, True: (page(searched, func.count().over()), count(searched))}
-
-    def page(self, args, **parameters):
-        """(rows, total) for the ?page, ?per_page and ?q in `args`."""
-        if "q" in args:
-            parameters["pattern"] = like_pattern(args["q"])
-        page, count = self.statements["q" in args]
-        offset = (args["page"] - 1) * args["per_page"]
-        rows = []
-        with current_app.extensions["statements"].connect() as connection:
-            if offset < MAX_OFFSET:
-                limits = {"limit": args["per_page"], "offset": offset}
-                rows = connection.execute(page, {**parameters, **limits}).mappings().all()  # schemas ignore "total"
-            if rows:
-                return rows, rows[0]["total"]
-            if offset == 0:
-                return rows, 0
-            return rows, connection.execute(count, parameters).scalar()  # past the end: count apart
+def list_response(plural, page, args, path, **owner):
+    """A list's body, and its Link header when more items follow."""
+    body = {
+        "success": True,
+        **owner,
+        plural: page.rows,
+        f"total_{plural}": page.total,
+        "total_exact": page.total_exact,
+        "page": None if "cursor" in args else args.get("page", 1),
+        "per_page": args["per_page"],
+        "next_cursor": page.next_cursor,
+    }
+    headers = {"Link": next_link(path, page.next_cursor, args["per_page"])} if page.next_cursor else {}
+    return body, headers
 
 
 # --- resources ----------------------------------------------------------------
 
 
 class Resource:
-    """What differs between actors and movies: the model, the schemas, the nouns."""
+    """What differs between actors and movies: the model, the schemas, the nouns,
+    and what their lists search, filter and sort by."""
 
-    def __init__(self, model, schema, patch_schema, cast_schema, singular, plural, search_column):
+    def __init__(self, model, schema, patch_schema, cast_schema, list_query_schema, columns, singular, plural):
         self.model = model
         self.schema = schema
         self.patch_schema = patch_schema
         self.cast_schema = cast_schema
+        self.list_query_schema = list_query_schema
+        self.columns = columns
         self.singular = singular
         self.plural = plural
-        self.search_column = search_column
         self.key = f"{singular}_id"
         self.item_envelope = schemas.item_envelope(schema, singular)
         self.page_envelope = schemas.page_envelope(schema, plural)
 
 
 ACTORS = Resource(
-    Actor, schemas.ActorSchema, schemas.ActorPatchSchema, schemas.CastActorSchema, "actor", "actors", Actor.name
+    Actor,
+    schemas.ActorSchema,
+    schemas.ActorPatchSchema,
+    schemas.CastActorSchema,
+    schemas.ActorListQuerySchema,
+    ACTOR_COLUMNS,
+    "actor",
+    "actors",
 )
 MOVIES = Resource(
-    Movie, schemas.MovieSchema, schemas.MoviePatchSchema, schemas.CastMovieSchema, "movie", "movies", Movie.title
+    Movie,
+    schemas.MovieSchema,
+    schemas.MoviePatchSchema,
+    schemas.CastMovieSchema,
+    schemas.MovieListQuerySchema,
+    MOVIE_COLUMNS,
+    "movie",
+    "movies",
 )
 
 
@@ -386,7 +294,7 @@ def service_blueprint():
         def get(self):
             """200 when the database answers, 503 when it does not (no token needed)"""
             try:
-                run(text("SELECT 1"))
+                execute(text("SELECT 1"))
             except SQLAlchemyError:
                 raise ServiceUnavailable("the database is unavailable") from None
             return {"success": True, "database": "ok"}
@@ -396,67 +304,60 @@ def service_blueprint():
 
 def resource_blueprint(res):
     blp = ApiBlueprint(res.plural, __name__, url_prefix=f"/{res.plural}", description=f"The {res.plural}.")
-    listing = Listing(select(res.model.__table__), res.model, res.search_column, whole_table=True)
+    table = res.model.__table__
+    listing = Listing(select(table), res.model, res.columns, res.list_query_schema(), whole_table=True)
 
     @blp.route("")
     class Collection(MethodView):
         @protected(blp, f"get:{res.plural}")
-        @list_query(blp)
-        @blp.response(200, res.page_envelope)
+        @list_query(blp, res.list_query_schema)
+        @blp.response(200, res.page_envelope, headers={"Link": NEXT_LINK_HEADER})
         def get(self, args):
-            """List, paginated, optionally filtered by ?q="""
-            rows, total = listing.page(args)
-            return {
-                "success": True,
-                res.plural: rows,
-                f"total_{res.plural}": total,
-                "page": args["page"],
-                "per_page": args["per_page"],
-            }
+            """List: filter, search, sort, and page by number or by cursor"""
+            page = listing.page(args, res.plural)
+            return list_response(res.plural, page, args, request.path)
 
         @protected(blp, f"add:{res.plural}")
         @json_body(blp, res.schema)
         @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER})
         def post(self, data):
             """Create"""
-            row = dict(run(insert(res.model).values(**data).returning(*res.model.__table__.c)).mappings().one())
+            row = dict(execute(insert(res.model).values(**data).returning(*table.c)).mappings().one())
             location = url_for(f"{res.plural}.Item", **{res.key: row["id"]})
             return {"success": True, res.singular: row}, {"Location": location}
 
     @blp.route(f"/<id:{res.key}>")
     class Item(MethodView):
         @protected(blp, f"get:{res.plural}")
-        @fetch(blp, res.model, res.key)
+        @fetch(blp, res.model, res.key, "item")
         @blp.response(200, res.item_envelope)
-        def get(self, **row):
+        def get(self, item):
             """Get one"""
-            return {"success": True, res.singular: row[res.key]}
+            return {"success": True, res.singular: item}
 
         @protected(blp, f"edit:{res.plural}")
-        @fetch(blp, res.model, res.key)
+        @fetch(blp, res.model, res.key, "item")
         @json_body(blp, res.patch_schema)
         @blp.response(200, res.item_envelope)
-        def patch(self, data, **row):
+        def patch(self, data, item):
             """Change any non-empty subset of the fields"""
-            item_id = row[res.key]["id"]
-            changed = update(res.model).where(res.model.id == item_id).values(**data)
-            return {"success": True, res.singular: one_or_404(changed.returning(*res.model.__table__.c))}
+            changed = update(res.model).where(res.model.id == item["id"]).values(**data).returning(*table.c)
+            return {"success": True, res.singular: returned_or_404(changed)}
 
         @protected(blp, f"delete:{res.plural}")
-        @fetch(blp, res.model, res.key)
+        @fetch(blp, res.model, res.key, "item")
         @blp.response(200, schemas.DeletedSchema)
-        def delete(self, **row):
+        def delete(self, item):
             """Delete, with its castings"""
-            item_id = row[res.key]["id"]
-            delete_or_404(delete(res.model).where(res.model.id == item_id))
-            return {"success": True, "delete": item_id}
+            delete_or_404(delete(res.model).where(res.model.id == item["id"]))
+            return {"success": True, "delete": item["id"]}
 
     return blp
 
 
 def cast_list(blp, owner, other, permission):
     """GET /<owner>/<id>/<other>: the other side of an owner's castings, each
-    item with its `character`."""
+    item with its `character`, listed like a collection."""
     envelope = schemas.page_envelope(other.cast_schema, other.plural, owner_key=owner.key)
     owner_column = getattr(Casting, owner.key)
     other_column = getattr(Casting, other.key)
@@ -465,27 +366,20 @@ def cast_list(blp, owner, other, permission):
         .join(Casting, other_column == other.model.id)
         .where(owner_column == bindparam("owner")),
         other.model,
-        other.search_column,
+        other.columns,
+        other.list_query_schema(),
     )
 
     @blp.route(f"/<id:{owner.key}>/{other.plural}")
     class CastList(MethodView):
         @protected(blp, permission)
-        @fetch(blp, owner.model, owner.key)
-        @list_query(blp)
-        @blp.response(200, envelope)
+        @fetch(blp, owner.model, owner.key, "parent")
+        @list_query(blp, other.list_query_schema)
+        @blp.response(200, envelope, headers={"Link": NEXT_LINK_HEADER})
         @blp.doc(summary=f"List the {other.plural} of one {owner.singular}, each with its character")
-        def get(self, args, **row):
-            owner_id = row[owner.key]["id"]
-            rows, total = listing.page(args, owner=owner_id)
-            return {
-                "success": True,
-                owner.key: owner_id,
-                other.plural: rows,
-                f"total_{other.plural}": total,
-                "page": args["page"],
-                "per_page": args["per_page"],
-            }
+        def get(self, args, parent):
+            page = listing.page(args, f"{owner.plural}/{parent['id']}/{other.plural}", owner=parent["id"])
+            return list_response(other.plural, page, args, request.path, **{owner.key: parent["id"]})
 
 
 def cast(movie, actor, data):
@@ -496,11 +390,11 @@ def cast(movie, actor, data):
     columns = Casting.__table__.c
     for _attempt in range(3):
         found = update(Casting).where(pair).values(**data).returning(*columns) if data else select(columns).where(pair)
-        existing = run(found).mappings().first()
+        existing = execute(found).mappings().first()
         if existing:
             return dict(existing), False
         try:
-            created = run(insert(Casting).values(movie_id=movie, actor_id=actor, **data).returning(*columns))
+            created = execute(insert(Casting).values(movie_id=movie, actor_id=actor, **data).returning(*columns))
             return dict(created.mappings().one()), True
         except IntegrityError:
             # Another request cast the same pair first (then this is an update:
@@ -516,26 +410,25 @@ def casting_routes(blp):
     @blp.route("/<id:movie_id>/actors/<id:actor_id>")
     class CastingItem(MethodView):
         @protected(blp, "edit:movies")
-        @fetch(blp, Movie, "movie_id")
-        @fetch(blp, Actor, "actor_id")
+        @fetch(blp, Movie, "movie_id", "movie")
+        @fetch(blp, Actor, "actor_id", "actor")
         @json_body(blp, schemas.CastingBodySchema, required=False)
         @blp.response(200, schemas.CastingEnvelopeSchema)
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
-        def put(self, data, movie_id, actor_id):
+        def put(self, data, movie, actor):
             """Cast an actor in a movie (idempotent); a body sets the character"""
-            casting, created = cast(movie_id["id"], actor_id["id"], data)
+            casting, created = cast(movie["id"], actor["id"], data)
             return {"success": True, "casting": casting}, 201 if created else 200
 
         @protected(blp, "edit:movies")
-        @fetch(blp, Movie, "movie_id")
-        @fetch(blp, Actor, "actor_id")
+        @fetch(blp, Movie, "movie_id", "movie")
+        @fetch(blp, Actor, "actor_id", "actor")
         @blp.response(200, schemas.DeletedSchema)
-        def delete(self, movie_id, actor_id):
+        def delete(self, movie, actor):
             """Remove an actor from a movie's cast"""
-            movie, actor = movie_id["id"], actor_id["id"]
-            statement = delete(Casting).where(Casting.movie_id == movie, Casting.actor_id == actor)
-            delete_or_404(statement, f"actor {actor} is not cast in movie {movie}")
-            return {"success": True, "delete": actor}
+            pair = (Casting.movie_id == movie["id"]) & (Casting.actor_id == actor["id"])
+            delete_or_404(delete(Casting).where(pair), f"actor {actor['id']} is not cast in movie {movie['id']}")
+            return {"success": True, "delete": actor["id"]}
 
 
 # --- errors -------------------------------------------------------------------
@@ -661,11 +554,8 @@ def create_app(test_config=None):
     app.json.sort_keys = False  # keep "success" first and fields in schema order
     logging.basicConfig(level=logging.INFO)
 
-    db.init_app(app)
-    app.extensions["statements"] = statement_engine(app)
-    with app.app_context():
-        for engine in (db.engine, app.extensions["statements"]):
-            event.listen(engine, "checkout", closed_by_the_server)
+    init_database(app)
+    init_lists(app)
     Migrate(app, db, render_as_batch=True)  # batch mode: SQLite cannot ALTER most things
     init_auth(app)
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]

@@ -6,11 +6,15 @@ primary key), and deleting either side removes its castings (ON DELETE CASCADE)
 but never the other side.
 """
 
+import contextlib
 import sqlite3
+import warnings
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, Integer, MetaData, String, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
 
 # Named constraints, so that migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -41,45 +45,106 @@ def _sqlite_enforces_foreign_keys(dbapi_connection, connection_record):
         cursor.close()
 
 
+class folded(GenericFunction):
+    """A text column as lists sort it: lower case, compared byte by byte (code
+    point order), so the order ignores case the same way on every database and
+    under any server locale. Like `?q=`, it folds ASCII letters only (SQLite's
+    lower() does, and so does PostgreSQL's under the "C" collation)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(folded)
+def _folded(element, compiler, **kw):
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(folded, "postgresql")
+def _folded_postgresql(element, compiler, **kw):
+    return f'lower({compiler.process(element.clauses, **kw)} COLLATE "C")'
+
+
+# Indexes that exist on PostgreSQL only: SQLite is for development and tests,
+# and cannot describe expression indexes to Alembic's autogenerate.
+POSTGRESQL_ONLY = "postgresql_only"
+
+
+def _postgresql_index(name, *expressions, **kwargs):
+    index = Index(name, *expressions, info={POSTGRESQL_ONLY: True}, **kwargs)
+    return index.ddl_if(dialect="postgresql")
+
+
 def _search_index(table, column):
     """?q= is a case-insensitive substring match (ILIKE '%q%'), which no B-tree
     serves; on PostgreSQL a trigram GIN index does, so a search does not scan
     the table. SQLite has no such index and scans."""
-    return Index(
+    return _postgresql_index(
         f"ix_{table}_{column}_trgm",
         column,
         postgresql_using="gin",
         postgresql_ops={column: "gin_trgm_ops"},
-    ).ddl_if(dialect="postgresql")
+    )
 
 
-def migration_filter(dialect_name):
-    """Alembic's include_object for one database: the trigram indexes exist on
-    PostgreSQL only, so elsewhere autogenerate must not ask for them."""
+def _sort_indexes(table, key, column, negated_id):
+    """The two B-trees that serve sorting by `key` in either direction, ties
+    broken by id ascending (the default) or descending, and the keyset
+    conditions of cursors, so a page of any sort reads only its own rows. A
+    B-tree reads forwards and backwards, so (key, id) serves `key` with
+    `id` and `-key` with `-id`; (key, -id) serves the mixed directions, with
+    lists comparing -id where the order wants id against key's direction."""
+    return (
+        _postgresql_index(f"ix_{table}_{key}_id", column, "id"),
+        _postgresql_index(f"ix_{table}_{key}_negated_id", column, negated_id),
+    )
+
+
+@contextlib.contextmanager
+def schema_comparison(dialect_name):
+    """Alembic's include_object for one database, for comparing the models
+    with it: the PostgreSQL-only indexes are not asked for elsewhere. Alembic
+    warns about expression indexes on SQLite before it asks include_object,
+    so that one warning is silenced there."""
 
     def include_object(obj, name, type_, reflected, compare_to):
-        return not (type_ == "index" and name.endswith("_trgm") and dialect_name != "postgresql")
+        return type_ != "index" or dialect_name == "postgresql" or not obj.info.get(POSTGRESQL_ONLY)
 
-    return include_object
+    with warnings.catch_warnings():
+        if dialect_name != "postgresql":
+            warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
+        yield include_object
 
 
 class Actor(db.Model):
     __tablename__ = "actors"
-    __table_args__ = (_search_index("actors", "name"), _NO_ID_REUSE)
 
     id = Column(Integer, primary_key=True)
     name = Column(String(120), nullable=False)
     age = Column(Integer, nullable=False)
     gender = Column(String(50), nullable=False)
 
+    __table_args__ = (
+        _search_index("actors", "name"),
+        *_sort_indexes("actors", "name", folded(name), -id),
+        *_sort_indexes("actors", "age", age, -id),
+        _NO_ID_REUSE,
+    )
+
 
 class Movie(db.Model):
     __tablename__ = "movies"
-    __table_args__ = (_search_index("movies", "title"), _NO_ID_REUSE)
 
     id = Column(Integer, primary_key=True)
     title = Column(String(200), nullable=False)
     release_date = Column(Date, nullable=False)
+
+    __table_args__ = (
+        _search_index("movies", "title"),
+        *_sort_indexes("movies", "title", folded(title), -id),
+        *_sort_indexes("movies", "release_date", release_date, -id),
+        _NO_ID_REUSE,
+    )
 
 
 class Casting(db.Model):

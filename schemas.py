@@ -251,15 +251,66 @@ class QueryInteger(fields.Integer):
         return number
 
 
+class QueryDate(fields.Date):
+    """A day in a query string: `YYYY-MM-DD` exactly."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+            raise ValidationError("Not a date: use YYYY-MM-DD.")
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("Not a valid date.") from None
+
+
+class SortKeys(fields.String):
+    """?sort=: comma-separated keys, each optionally prefixed with `-` for
+    descending; read as a tuple of (key, descending)."""
+
+    def __init__(self, keys, **kwargs):
+        self.keys = keys
+        key = "-?(?:" + "|".join(keys) + ")"
+        # No key twice: a negative lookahead, so the description is as strict as the parser.
+        no_repeat = "(?!(?:.*,)?-?(" + "|".join(keys) + "),(?:.*,)?-?\\1(?:,|$))"
+        super().__init__(
+            metadata={
+                "pattern": f"^{no_repeat}{key}(?:,{key})*$",
+                "description": "Comma-separated keys, each optionally prefixed with `-` for descending: "
+                + ", ".join(f"`{k}`" for k in keys)
+                + ". Text compares ignoring case; ties are ordered by `id` (ascending unless the keys say `-id`). "
+                "Default `id`.",
+                "example": f"-{keys[-1]}",
+            },
+            **kwargs,
+        )
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        terms = []
+        for part in text.split(","):
+            key = part.removeprefix("-")
+            if key not in self.keys:
+                raise ValidationError(f"Unknown sort key {key!r}: use " + ", ".join(self.keys) + ".")
+            if key in (k for k, _ in terms):
+                raise ValidationError(f"Sort key {key!r} appears twice.")
+            terms.append((key, part.startswith("-")))
+        return tuple(terms)
+
+
 class ListQuerySchema(Schema):
+    """The query parameters every list takes (SPEC: "Lists at scale")."""
+
     class Meta:
         unknown = EXCLUDE  # unknown query parameters are ignored
 
-    page = QueryInteger(load_default=1, validate=validate.Range(min=1))
+    page = QueryInteger(
+        validate=validate.Range(min=1),
+        metadata={
+            "description": "The page, from 1 (default 1). Pages reach the first 10,000 items: beyond them, "
+            "follow `next_cursor`. Not with `cursor`."
+        },
+    )
     per_page = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
-
-
-class SearchQuerySchema(ListQuerySchema):
     q = fields.String(
         validate=[
             validate.Length(max=200),
@@ -267,6 +318,33 @@ class SearchQuerySchema(ListQuerySchema):
         ],
         metadata={"description": "Keep the items whose name or title contains this, ignoring case."},
     )
+    cursor = fields.String(
+        validate=[validate.Length(min=1, max=4096), validate.Regexp(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")],
+        metadata={
+            "description": "Continue a list after the page that gave this `next_cursor`, with that page's "
+            "filters, search and sort (which may be left out, and must not differ). Not with `page`."
+        },
+    )
+
+
+class ActorListQuerySchema(ListQuerySchema):
+    gender = fields.String(
+        validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000.")],
+        metadata={"description": "Keep the actors of this gender, ignoring case.", "example": "female"},
+    )
+    age_min = QueryInteger(
+        validate=validate.Range(min=0, max=150), metadata={"description": "Keep the actors this old or older."}
+    )
+    age_max = QueryInteger(
+        validate=validate.Range(min=0, max=150), metadata={"description": "Keep the actors this old or younger."}
+    )
+    sort = SortKeys(("id", "name", "age"))
+
+
+class MovieListQuerySchema(ListQuerySchema):
+    released_from = QueryDate(metadata={"description": "Keep the movies released on this day or later."})
+    released_to = QueryDate(metadata={"description": "Keep the movies released on this day or earlier."})
+    sort = SortKeys(("id", "title", "release_date"))
 
 
 # --- envelopes ----------------------------------------------------------------
@@ -293,16 +371,34 @@ def item_envelope(item_schema, key):
 
 
 def page_envelope(item_schema, key, owner_key=None):
-    """{"success": true, [<owner_key>: id,] <key>: [...], "total_<key>": n, "page": p, "per_page": k}"""
+    """{"success": true, [<owner_key>: id,] <key>: [...], "total_<key>": n, "total_exact": b,
+    "page": p, "per_page": k, "next_cursor": c}"""
     owner = {owner_key: fields.Integer(required=True)} if owner_key else {}
     return Schema.from_dict(
         {
             "success": fields.Boolean(required=True),
             **owner,
             key: fields.List(fields.Nested(item_schema), required=True),
-            f"total_{key}": fields.Integer(required=True),
-            "page": fields.Integer(required=True),
+            f"total_{key}": fields.Integer(
+                required=True,
+                metadata={"description": "The items of the whole list; a lower bound when `total_exact` is false."},
+            ),
+            "total_exact": fields.Boolean(
+                required=True,
+                metadata={
+                    "description": "Whether the total is exact: always for a whole collection and for lists of "
+                    "up to 1,000 items; a longer filtered list stops counting at 1,000."
+                },
+            ),
+            "page": fields.Integer(
+                required=True, allow_none=True, metadata={"description": "Null on a cursor's page."}
+            ),
             "per_page": fields.Integer(required=True),
+            "next_cursor": fields.String(
+                required=True,
+                allow_none=True,
+                metadata={"description": "Pass as `?cursor=` for the next page; null on the last page."},
+            ),
         },
         name=f"{_schema_name(item_schema)}PageEnvelope",
     )

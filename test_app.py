@@ -202,7 +202,18 @@ class CollectionTest(ApiTestCase):
                 response = self.call("GET", f"/{res['plural']}", role="Casting Assistant")
                 self.assertEqual(response.status_code, 200)
                 body = response.get_json()
-                self.assertEqual(list(body), ["success", res["plural"], f"total_{res['plural']}", "page", "per_page"])
+                self.assertEqual(
+                    list(body),
+                    [
+                        "success",
+                        res["plural"],
+                        f"total_{res['plural']}",
+                        "total_exact",
+                        "page",
+                        "per_page",
+                        "next_cursor",
+                    ],
+                )
                 self.assertEqual([item["id"] for item in body[res["plural"]]], ids)
                 self.assertEqual(body[f"total_{res['plural']}"], 3)
                 self.assertEqual((body["page"], body["per_page"]), (1, 20))
@@ -226,7 +237,7 @@ class CollectionTest(ApiTestCase):
             ("?per_page=100", ids, 1, 100),
             ("?per_page=1", ids[:1], 1, 1),
             ("?page=2&page=1", ids[20:], 2, 20),  # of a repeated parameter, the first counts
-            ("?sort=name&foo", ids[:20], 1, 20),  # unknown parameters are ignored
+            ("?order=name&foo", ids[:20], 1, 20),  # unknown parameters are ignored
         ]
         for query, expected, page, per_page in cases:
             with self.subTest(query):
@@ -585,7 +596,7 @@ class CastingTest(ApiTestCase):
     def racing(self, meanwhile):
         """Patch the statements so that `meanwhile` (another request's commit)
         runs just before the PUT's INSERT of the casting, after it found none."""
-        real_run = application.run
+        real_run = application.execute
         raced = []
 
         def run(statement, parameters=None):
@@ -594,7 +605,7 @@ class CastingTest(ApiTestCase):
                 meanwhile()
             return real_run(statement, parameters)
 
-        return mock.patch("app.run", run)
+        return mock.patch("app.execute", run)
 
     def test_put_racing_another_put_of_the_same_pair_is_an_update(self):
         with self.racing(lambda: self.add(Casting, movie_id=self.movie, actor_id=self.actor, character="A")):
@@ -620,8 +631,8 @@ class CastingTest(ApiTestCase):
                 raise IntegrityError(str(statement), {}, Exception("duplicate key"))
             return real_run(statement, parameters)
 
-        real_run = application.run
-        with mock.patch("app.run", run):
+        real_run = application.execute
+        with mock.patch("app.execute", run):
             self.assertError(self.call("PUT", self.path, json={"character": "Mei"}), 503, "changing too fast")
         self.assertEqual(self.rows(Casting), [])
 
@@ -659,8 +670,10 @@ class CastingTest(ApiTestCase):
                     {"id": other_actor, "name": "Riz Ahmed", "age": 44, "gender": "Male", "character": None},
                 ],
                 "total_actors": 2,
+                "total_exact": True,
                 "page": 1,
                 "per_page": 20,
+                "next_cursor": None,
             },
         )
         movies = self.call("GET", f"/actors/{self.actor}/movies", role="Casting Assistant")
@@ -674,8 +687,10 @@ class CastingTest(ApiTestCase):
                     {"id": other_movie, "title": "Paper Kingdoms", "release_date": "2024-11-22", "character": "Ada"},
                 ],
                 "total_movies": 2,
+                "total_exact": True,
                 "page": 1,
                 "per_page": 20,
+                "next_cursor": None,
             },
         )
         page = self.call("GET", f"/movies/{self.movie}/actors?per_page=1&page=2&q=RIZ").get_json()

@@ -10,7 +10,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import delete, insert, select, text, update
 
 from app import create_app
-from models import Actor, Casting, Movie, RowCount, db, migration_filter
+from models import Actor, Casting, Movie, RowCount, db, schema_comparison
 from seed import ACTORS, CASTINGS, MOVIES
 from testing import ApiTestCase, app_config
 
@@ -18,9 +18,12 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migration
 
 
 def schema_differences(app):
-    with app.app_context(), db.engine.connect() as connection:
-        opts = {"compare_type": True, "include_object": migration_filter(connection.dialect.name)}
-        context = MigrationContext.configure(connection, opts=opts)
+    with (
+        app.app_context(),
+        db.engine.connect() as connection,
+        schema_comparison(connection.dialect.name) as include_object,
+    ):
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
         return compare_metadata(context, db.metadata)
 
 

@@ -4,7 +4,7 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
-from models import migration_filter
+from models import schema_comparison
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -87,8 +87,8 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
-        conf_args["include_object"] = migration_filter(connection.dialect.name)
+    with connectable.connect() as connection, schema_comparison(connection.dialect.name) as include_object:
+        conf_args["include_object"] = include_object
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

@@ -1,0 +1,378 @@
+"""Lists at scale: filters, sorting, cursors and bounded totals.
+
+Every list (the two collections and the two cast lists) is one `Listing`: a
+select of its rows plus the columns it can filter and sort by. A request's
+page is one SQL statement (the page, its sort keys and its total), built once
+per shape of request (which filters, which sort, page or cursor) and cached.
+
+Costs stay flat as the tables grow (on PostgreSQL, with migration 0003's
+indexes):
+- a page reads the rows of its sort index in order and stops after the page,
+  plus one row that says whether more follow;
+- a cursor continues after the last row's sort keys (keyset pagination), so
+  the 500th page costs what the first does, and a walk sees every row that
+  existed throughout it exactly once, whatever is inserted or deleted meanwhile;
+- `?page=` reaches the first WINDOW items only (OFFSET reads every skipped row);
+- a total is the counter row for a whole table and otherwise a count that
+  stops at COUNT_BOUND (`total_exact` says which).
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import current_app
+from marshmallow import ValidationError
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
+from werkzeug.exceptions import BadRequest
+
+from database import connect
+from models import Actor, Movie, RowCount, folded
+
+# `?page=` reaches this many items; a cursor reaches every one.
+WINDOW = 10_000
+# A filtered list's total counts this many items at most, then says it stopped.
+COUNT_BOUND = 1_000
+DEFAULT_SORT = (("id", False),)
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """A key of `?sort=`: the expression lists order by, and how a cursor
+    carries its value (JSON has no date)."""
+
+    expression: Any
+    negatable: bool = False  # a number: -x in ascending order is x in descending
+    from_json: Any = None  # the value as the database binds it, from its JSON form
+
+    def json_value(self, value):
+        return value.isoformat() if isinstance(value, date) else value
+
+
+def _int(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("not a whole number")
+    return value
+
+
+def _str(value):
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What a list of a model's rows can be searched, filtered and sorted by.
+    The query parameters' names and validation are in schemas.py."""
+
+    search: Any
+    filters: dict = field(default_factory=dict)  # query parameter -> its condition, given the value's bindparam
+    sort_keys: dict = field(default_factory=dict)
+
+
+ACTOR_COLUMNS = Columns(
+    search=Actor.name,
+    filters={
+        "gender": lambda value: func.lower(Actor.gender) == func.lower(value),
+        "age_min": lambda value: Actor.age >= value,
+        "age_max": lambda value: Actor.age <= value,
+    },
+    sort_keys={
+        "id": SortKey(Actor.id, negatable=True, from_json=_int),
+        "name": SortKey(folded(Actor.name), from_json=_str),
+        "age": SortKey(Actor.age, negatable=True, from_json=_int),
+    },
+)
+MOVIE_COLUMNS = Columns(
+    search=Movie.title,
+    filters={
+        "released_from": lambda value: Movie.release_date >= value,
+        "released_to": lambda value: Movie.release_date <= value,
+    },
+    sort_keys={
+        "id": SortKey(Movie.id, negatable=True, from_json=_int),
+        "title": SortKey(folded(Movie.title), from_json=_str),
+        "release_date": SortKey(Movie.release_date, from_json=lambda value: date.fromisoformat(_str(value))),
+    },
+)
+
+
+def like_pattern(q):
+    """?q= as an ILIKE pattern matching it anywhere, its wildcards escaped."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def sort_terms(sort):
+    """The full order of a ?sort= (a tuple of (key, descending)): its keys up
+    to `id`, then `id` ascending when the keys did not name it."""
+    terms = []
+    for key, descending in sort or DEFAULT_SORT:
+        terms.append((key, descending))
+        if key == "id":
+            return tuple(terms)
+    return (*terms, ("id", False))
+
+
+def sort_text(terms):
+    """The canonical ?sort= of a tuple of terms, as a cursor carries it."""
+    return ",".join(("-" if descending else "") + key for key, descending in terms)
+
+
+@dataclass
+class Page:
+    rows: list
+    total: int
+    total_exact: bool
+    next_cursor: str | None
+
+
+class Listing:
+    """One list: `rows` (a select of `model`'s table, maybe joined and with
+    bind parameters such as the owner of a cast list) that `columns` search,
+    filter and sort, with the query parameters of `query_schema`.
+    `whole_table`: unfiltered, the list is the whole table, whose total is its
+    counter row."""
+
+    def __init__(self, rows, model, columns, query_schema, whole_table=False):
+        self.rows = rows
+        self.model = model
+        self.columns = columns
+        self.query_schema = query_schema
+        self.whole_table = whole_table
+        self._statements = {}
+
+    # --- the request ----------------------------------------------------------
+
+    def page(self, args, list_key, **parameters):
+        """The page that `args` (validated by the list's query schema) asks for.
+        `list_key` names this list (a cursor is valid for it alone);
+        `parameters` bind the list's own parameters (e.g. the owner's id)."""
+        per_page = args["per_page"]
+        criteria = self._criteria(args)
+        after = None
+        if "cursor" in args:
+            if "page" in args:
+                raise BadRequest("invalid query parameters: send either page or cursor, not both")
+            criteria, after = self._read_cursor(args, list_key, criteria)
+        terms = criteria["sort"]
+        filters = tuple(name for name in self.columns.filters if name in criteria)
+        searching = "q" in criteria
+        for name in filters:
+            parameters[name] = criteria[name]
+        if searching:
+            parameters["pattern"] = like_pattern(criteria["q"])
+        offset = 0 if after is not None else (args.get("page", 1) - 1) * per_page
+        unfiltered = self.whole_table and not (filters or searching)
+        with connect() as connection:
+            if offset >= current_app.config["LIST_WINDOW"]:
+                return self._past_the_window(connection, filters, searching, unfiltered, parameters, offset)
+            statement = self._statement("page", filters, searching, terms, after is not None)
+            if after is not None:
+                parameters.update({f"k{i}": value for i, value in enumerate(after)})
+            limits = {"limit": per_page + 1, "offset": offset, "bound": self._bound()}
+            rows = connection.execute(statement, {**parameters, **limits}).mappings().all()
+            if rows:
+                total = rows[0]["_total"]
+            elif offset == 0 and after is None:
+                total = 0
+            else:  # past the end, or every row after the cursor is gone: count apart
+                total = self._count(connection, filters, searching, unfiltered, parameters)
+        exact = unfiltered or total <= self._bound()
+        next_cursor = None
+        if len(rows) > per_page:
+            rows = rows[:per_page]
+            keys = [self.columns.sort_keys[key] for key, _ in terms]
+            after = [key.json_value(rows[-1][f"_k{i}"]) for i, key in enumerate(keys)]
+            carried = {name: _query_form(value) for name, value in criteria.items()}
+            next_cursor = encode_cursor({"list": list_key, "criteria": carried, "after": after})
+        return Page(rows, total if exact else self._bound(), exact, next_cursor)
+
+    def _criteria(self, args):
+        """What selects and orders the list's items (q, filters, the full sort)."""
+        criteria = {name: args[name] for name in ("q", *self.columns.filters) if name in args}
+        criteria["sort"] = sort_terms(args.get("sort"))
+        return criteria
+
+    def _read_cursor(self, args, list_key, sent):
+        """The cursor's criteria and sort values; a 400 when it is not a cursor
+        of this list, or when the request's own criteria contradict it."""
+        cursor = decode_cursor(args["cursor"])
+        try:
+            if cursor["list"] != list_key:
+                raise BadRequest("invalid query parameters: cursor: it belongs to another list")
+            # The criteria travel in their query-string form: the list's own
+            # query schema reads them back, as it read them the first time.
+            carried = self.query_schema.load({name: str(value) for name, value in cursor["criteria"].items()})
+            criteria = self._criteria(carried)
+            keys = [self.columns.sort_keys[key] for key, _ in criteria["sort"]]
+            after = [key.from_json(value) for key, value in zip(keys, cursor["after"], strict=True)]
+        except (KeyError, TypeError, ValueError, AttributeError, ValidationError):
+            raise BadRequest("invalid query parameters: cursor: not a cursor of this list") from None
+        contradicted = [name for name in sent if name in args and _differs(name, sent[name], criteria.get(name))]
+        if contradicted:
+            raise BadRequest(
+                f"invalid query parameters: {', '.join(contradicted)}: the cursor continues a list with other "
+                "filters, search or sort; send the cursor alone (or with per_page)"
+            )
+        return criteria, after
+
+    def _bound(self):
+        return current_app.config["LIST_COUNT_BOUND"]
+
+    def _count(self, connection, filters, searching, unfiltered, parameters):
+        statement = self._statement("count", filters, searching, unfiltered)
+        return connection.execute(statement, {**parameters, "bound": self._bound()}).scalar()
+
+    def _past_the_window(self, connection, filters, searching, unfiltered, parameters, offset):
+        """A page that starts past the window: an empty list when the list ends
+        before it, else a 400 pointing at cursors."""
+        total = self._count(connection, filters, searching, unfiltered, parameters)
+        exact = unfiltered or total <= self._bound()
+        if exact:
+            holds_items = total > offset
+        else:  # the count stopped early: look for one item at the offset
+            statement = self._statement("exists", filters, searching)
+            holds_items = connection.execute(statement, {**parameters, "offset": offset}).first() is not None
+        if holds_items:
+            raise BadRequest(
+                f"invalid query parameters: page: pages reach the first {current_app.config['LIST_WINDOW']:,} "
+                "items; to go further, follow next_cursor (or the Link header) with ?cursor="
+            )
+        return Page([], total if exact else self._bound(), exact, None)
+
+    # --- the statements, built once per shape ---------------------------------
+
+    def _statement(self, kind, *shape):
+        key = (kind, *shape)
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = getattr(self, f"_build_{kind}")(*shape)
+        return statement
+
+    def _matching(self, filters, searching):
+        conditions = [self.columns.filters[name](bindparam(name)) for name in filters]
+        if searching:
+            conditions.append(self.columns.search.ilike(bindparam("pattern"), escape="\\"))
+        return self.rows.where(*conditions)
+
+    def _build_count(self, filters, searching, unfiltered):
+        if unfiltered:
+            return select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
+        matching = self._matching(filters, searching).with_only_columns(literal_column("1"), maintain_column_froms=True)
+        return select(func.count()).select_from(matching.limit(bindparam("bound") + 1).subquery())
+
+    def _build_exists(self, filters, searching):
+        matching = self._matching(filters, searching).with_only_columns(literal_column("1"), maintain_column_froms=True)
+        return matching.limit(1).offset(bindparam("offset"))
+
+    def _build_page(self, filters, searching, terms, after_cursor):
+        keys = [self.columns.sort_keys[key] for key, _ in terms]
+        # Order by every term in one direction where the numbers allow it (-x
+        # ascending is x descending), so the cursor's condition is one row
+        # comparison, which an index in that order serves (migration 0003).
+        direction = terms[0][1]
+        order = []  # (expression, descending)
+        for key, (_, descending) in zip(keys, terms, strict=True):
+            if descending != direction and key.negatable:
+                order.append((-key.expression, direction))
+            else:
+                order.append((key.expression, descending))
+        statement = self._matching(filters, searching)
+        if after_cursor:
+            statement = statement.where(_after(order))
+        unfiltered = self.whole_table and not (filters or searching)
+        total = self._build_count(filters, searching, unfiltered).scalar_subquery()
+        statement = statement.add_columns(*(e.label(f"_k{i}") for i, (e, _) in enumerate(order)), total.label("_total"))
+        statement = statement.order_by(*(e.desc() if descending else e.asc() for e, descending in order))
+        return statement.limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+def _after(order):
+    """The rows after the cursor's values k0, k1, ... in this order."""
+    values = [bindparam(f"k{i}") for i in range(len(order))]
+    directions = {descending for _, descending in order}
+    if len(directions) == 1:
+        expressions = tuple_(*(e for e, _ in order))
+        return expressions < tuple_(*values) if directions.pop() else expressions > tuple_(*values)
+    # Mixed directions (two keys that cannot be negated): the same condition spelled out.
+    alternatives = []
+    for i, (expression, descending) in enumerate(order):
+        beyond = expression < values[i] if descending else expression > values[i]
+        alternatives.append(and_(*(e == values[j] for j, (e, _) in enumerate(order[:i])), beyond))
+    return or_(*alternatives)
+
+
+def _differs(name, sent, carried):
+    if name in ("gender", "q") and carried is not None:  # both match ignoring case
+        return sent.lower() != carried.lower()
+    return sent != carried
+
+
+def _query_form(value):
+    """A criterion as a query string spells it."""
+    if isinstance(value, tuple):
+        return sort_text(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+# --- cursors ----------------------------------------------------------------------
+#
+# A cursor is the list's name, its criteria and the last item's sort keys, as
+# JSON, with an HMAC so that a client cannot hand back a cursor the API did not
+# make: an edited one is a 400. The key is SECRET_KEY, or derived from the
+# database URL, which every instance of the service shares (see the README).
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(payload):
+    return hmac.new(current_app.extensions["cursor_key"], payload, hashlib.sha256).digest()[:16]
+
+
+def encode_cursor(content):
+    payload = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return f"{_b64(payload)}.{_b64(_mac(payload))}"
+
+
+def decode_cursor(cursor):
+    try:
+        payload_text, mac_text = cursor.split(".")
+        payload, mac = _unb64(payload_text), _unb64(mac_text)
+    except (ValueError, binascii.Error):
+        raise BadRequest("invalid query parameters: cursor: malformed") from None
+    if not hmac.compare_digest(mac, _mac(payload)):
+        raise BadRequest("invalid query parameters: cursor: not one this API made (altered or truncated)")
+    try:
+        content = json.loads(payload)
+    except ValueError:  # pragma: no cover (only a cursor this API signed gets here)
+        raise BadRequest("invalid query parameters: cursor: malformed") from None
+    if not isinstance(content, dict):  # pragma: no cover
+        raise BadRequest("invalid query parameters: cursor: malformed")
+    return content
+
+
+def init_lists(app):
+    secret = app.config.get("SECRET_KEY") or "cursor key from " + app.config["SQLALCHEMY_DATABASE_URI"]
+    app.extensions["cursor_key"] = hashlib.sha256(secret.encode()).digest()
+    app.config.setdefault("LIST_WINDOW", WINDOW)
+    app.config.setdefault("LIST_COUNT_BOUND", COUNT_BOUND)
+
+
+def next_link(path, cursor, per_page):
+    """The RFC 8288 Link header to the page after this one."""
+    return f'<{path}?{urlencode({"cursor": cursor, "per_page": per_page})}>; rel="next"'
