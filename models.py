@@ -128,6 +128,8 @@ class Actor(db.Model):
         _search_index("actors", "name"),
         *_sort_indexes("actors", "name", folded(name), -id),
         *_sort_indexes("actors", "age", age, -id),
+        # ?gender= compares folded genders: found (or found absent) without a scan.
+        _postgresql_index("ix_actors_gender_folded", folded(gender)),
         _NO_ID_REUSE,
     )
 

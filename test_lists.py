@@ -1,0 +1,402 @@
+"""Lists at scale (SPEC: "Lists at scale"): filters, sorting, cursors, the page
+window and bounded totals, on every list: both collections and both cast
+lists. Expected orders and matches are computed here, in Python, from the
+rows the test wrote."""
+
+import base64
+import datetime
+import json
+import random
+from urllib.parse import parse_qs, urlsplit
+
+from sqlalchemy import delete, insert
+
+from models import Actor, Casting, Movie, db
+from testing import ApiTestCase
+
+# Names that differ only in case, ages and genders with ties, so that sorting
+# must ignore case and break ties by id.
+ACTORS = [
+    ("alice", 30, "Female"),
+    ("Bob", 25, "Male"),
+    ("carol", 35, "female"),
+    ("Dave", 30, "Male"),
+    ("eve", 22, "Non-binary"),
+    ("Frank", 35, "MALE"),
+    ("grace", 29, "Female"),
+    ("Heidi", 25, "FEMALE"),
+    ("ALICE", 41, "Female"),
+    ("bob", 30, "Male"),
+    ("Zed Zeta", 150, "Female"),
+    ("zed zeta", 0, "Male"),
+]
+MOVIES = [
+    ("the long rehearsal", datetime.date(2019, 3, 8)),
+    ("Harbour Lights", datetime.date(2021, 10, 15)),
+    ("a quiet frontier", datetime.date(2023, 6, 2)),
+    ("Paper Kingdoms", datetime.date(2021, 10, 15)),
+    ("THE LAST MATINEE", datetime.date(2026, 4, 17)),
+    ("harbour lights", datetime.date(1999, 12, 31)),
+    ("Zero Hour", datetime.date(2021, 10, 16)),
+]
+
+ACTOR_SORTS = ["id", "-id", "name", "-name", "age", "-age"]
+ACTOR_SORTS += ["age,name", "-age,-name", "age,-id", "-name,age", "name,-id"]
+MOVIE_SORTS = ["id", "-id", "title", "-title", "release_date", "-release_date"]
+MOVIE_SORTS += ["release_date,title", "title,-release_date", "-release_date,-id", "-title,release_date"]
+
+ACTOR_FILTERS = [  # (query, which actors it keeps)
+    ("gender=female", lambda a: a["gender"].lower() == "female"),
+    ("gender=MALE", lambda a: a["gender"].lower() == "male"),
+    ("gender=unknown", lambda a: False),
+    ("age_min=30", lambda a: a["age"] >= 30),
+    ("age_max=29", lambda a: a["age"] <= 29),
+    ("age_min=25&age_max=35", lambda a: 25 <= a["age"] <= 35),
+    ("age_min=0&age_max=0", lambda a: a["age"] == 0),
+    ("age_min=150", lambda a: a["age"] == 150),
+    ("age_min=36&age_max=35", lambda a: False),  # a range that holds nothing
+    ("gender=female&age_min=25&age_max=35", lambda a: a["gender"].lower() == "female" and 25 <= a["age"] <= 35),
+    ("q=ALI&gender=female", lambda a: "ali" in a["name"].lower() and a["gender"].lower() == "female"),
+]
+MOVIE_FILTERS = [
+    ("released_from=2021-10-15", lambda m: m["release_date"] >= "2021-10-15"),
+    ("released_to=2021-10-15", lambda m: m["release_date"] <= "2021-10-15"),
+    ("released_from=2021-10-15&released_to=2021-10-15", lambda m: m["release_date"] == "2021-10-15"),
+    ("released_from=2030-01-01", lambda m: False),
+    ("released_from=2022-01-01&released_to=2021-01-01", lambda m: False),
+    ("q=harbour&released_from=2000-01-01", lambda m: "harbour" in m["title"].lower() and m["release_date"] >= "2000"),
+]
+
+SORT_KEYS = {"name": lambda item: item["name"].lower(), "title": lambda item: item["title"].lower()}
+
+
+def expected_order(items, sort):
+    """`items` in the order of a ?sort=: each key in its direction, text
+    ignoring case, ties by id ascending unless the keys say -id."""
+    keys = sort.split(",")
+    if not any(key.lstrip("-") == "id" for key in keys):
+        keys.append("id")
+    ordered = list(items)
+    for key in reversed(keys):  # Python's sort is stable: the last key first
+        name = key.lstrip("-")
+        ordered.sort(key=SORT_KEYS.get(name, lambda item, name=name: item[name]), reverse=key.startswith("-"))
+    return ordered
+
+
+class ListTestCase(ApiTestCase):
+    def setUp(self):
+        super().setUp()
+        self.actors = [self.add(Actor, name=n, age=a, gender=g) for n, a, g in ACTORS]
+        self.movies = [self.add(Movie, title=t, release_date=d) for t, d in MOVIES]
+        for movie in self.movies:
+            movie["release_date"] = movie["release_date"].isoformat()
+        # One movie with every actor in its cast, one actor in every movie.
+        self.movie, self.actor = self.movies[0]["id"], self.actors[0]["id"]
+        pairs = {(self.movie, a["id"]) for a in self.actors} | {(m["id"], self.actor) for m in self.movies}
+        with self.app.app_context():
+            db.session.execute(insert(Casting), [{"movie_id": m, "actor_id": a, "character": None} for m, a in pairs])
+            db.session.commit()
+
+    def lists(self):
+        """(path, the key of its items, every item it lists, its filters, its sorts)"""
+        return [
+            ("/actors", "actors", self.actors, ACTOR_FILTERS, ACTOR_SORTS),
+            (f"/movies/{self.movie}/actors", "actors", self.actors, ACTOR_FILTERS, ACTOR_SORTS),
+            ("/movies", "movies", self.movies, MOVIE_FILTERS, MOVIE_SORTS),
+            (f"/actors/{self.actor}/movies", "movies", self.movies, MOVIE_FILTERS, MOVIE_SORTS),
+        ]
+
+    def get(self, path, role="Casting Assistant"):
+        response = self.call("GET", path, role=role)
+        self.assertEqual(response.status_code, 200, response.get_data(as_text=True))
+        return response
+
+    def ids(self, path, key):
+        return [item["id"] for item in self.get(path).get_json()[key]]
+
+    def walk(self, path, key, meanwhile=None):
+        """Follow next_cursor from `path` to the end: (the ids seen, the pages)."""
+        seen, pages = [], 0
+        while path:
+            response = self.get(path)
+            body = response.get_json()
+            seen += [item["id"] for item in body[key]]
+            pages += 1
+            if pages > 1:
+                self.assertIsNone(body["page"])
+            if body["next_cursor"] is None:
+                self.assertNotIn("Link", response.headers)
+                break
+            # The Link header's URL is the next page: path and query, used as is.
+            link = response.headers["Link"]
+            self.assertTrue(link.startswith("</") and link.endswith('>; rel="next"'), link)
+            path = link[1 : -len('>; rel="next"')]
+            self.assertEqual(parse_qs(urlsplit(path).query)["cursor"], [body["next_cursor"]])
+            if meanwhile:
+                meanwhile(pages)
+        return seen, pages
+
+
+class FilterAndSortTest(ListTestCase):
+    def test_every_filter_keeps_what_it_names(self):
+        for path, key, items, filters, _ in self.lists():
+            for query, keep in filters:
+                with self.subTest(path=path, query=query):
+                    body = self.get(f"{path}?{query}").get_json()
+                    expected = [item["id"] for item in items if keep(item)]
+                    self.assertEqual([item["id"] for item in body[key]], expected)
+                    self.assertEqual((body[f"total_{key}"], body["total_exact"]), (len(expected), True))
+
+    def test_every_sort_key_in_both_directions_ignores_case_and_breaks_ties_by_id(self):
+        for path, key, items, _, sorts in self.lists():
+            for sort in sorts:
+                with self.subTest(path=path, sort=sort):
+                    expected = [item["id"] for item in expected_order(items, sort)]
+                    self.assertEqual(self.ids(f"{path}?sort={sort}&per_page=100", key), expected)
+
+    def test_filters_search_and_sort_combine(self):
+        path = "/actors?gender=female&age_min=25&age_max=35&sort=-age"
+        female = [a for a in self.actors if a["gender"].lower() == "female" and 25 <= a["age"] <= 35]
+        self.assertEqual(self.ids(path, "actors"), [a["id"] for a in expected_order(female, "-age")])
+        path = "/movies?q=HARBOUR&sort=-release_date"
+        harbours = [m for m in self.movies if "harbour" in m["title"].lower()]
+        self.assertEqual(self.ids(path, "movies"), [m["id"] for m in expected_order(harbours, "-release_date")])
+
+    def test_malformed_filters_and_sorts_are_400_naming_the_parameter(self):
+        cases = [  # (list, query, parameter named in the message)
+            ("/actors", "age_min=-1", "age_min"),
+            ("/actors", "age_max=151", "age_max"),
+            ("/actors", "age_min=abc", "age_min"),
+            ("/actors", "age_min=2.5", "age_min"),
+            ("/actors", "age_max=", "age_max"),
+            ("/actors", "gender=", "gender"),
+            ("/actors", "gender=" + "x" * 51, "gender"),
+            ("/actors", "gender=a%00b", "gender"),
+            ("/movies", "released_from=2021-13-01", "released_from"),
+            ("/movies", "released_to=15/10/2021", "released_to"),
+            ("/movies", "released_to=2021-1-1", "released_to"),
+            ("/movies", "released_from=2021-02-30", "released_from"),
+            ("/actors", "sort=", "sort"),
+            ("/actors", "sort=height", "sort"),
+            ("/actors", "sort=title", "sort"),  # a movie's key
+            ("/movies", "sort=age", "sort"),
+            ("/actors", "sort=name,name", "sort"),
+            ("/actors", "sort=age,-age", "sort"),
+            ("/actors", "sort=name,", "sort"),
+            ("/actors", "sort=-", "sort"),
+            ("/actors", "sort=--name", "sort"),
+            ("/actors", "sort=%20name", "sort"),
+            (f"/movies/{self.movie}/actors", "sort=release_date", "sort"),
+            (f"/actors/{self.actor}/movies", "released_from=x", "released_from"),
+        ]
+        for path, query, parameter in cases:
+            with self.subTest(path=path, query=query):
+                body = self.assertError(self.call("GET", f"{path}?{query}"), 400, parameter)
+                self.assertIn(parameter, body["errors"])
+
+    def test_filters_of_the_other_resource_are_ignored_like_any_unknown_parameter(self):
+        self.assertEqual(len(self.ids("/movies?gender=female&age_min=99", "movies")), len(MOVIES))
+        self.assertEqual(len(self.ids("/actors?released_from=2030-01-01", "actors")), len(ACTORS))
+
+
+class CursorTest(ListTestCase):
+    def test_a_walk_by_cursor_sees_every_item_once_in_order_for_every_sort(self):
+        for path, key, items, _, sorts in self.lists():
+            for sort in sorts:
+                with self.subTest(path=path, sort=sort):
+                    seen, pages = self.walk(f"{path}?sort={sort}&per_page=5", key)
+                    self.assertEqual(seen, [item["id"] for item in expected_order(items, sort)])
+                    self.assertEqual(pages, -(-len(items) // 5))
+
+    def test_a_walk_with_filters_and_search_keeps_them(self):
+        seen, _ = self.walk("/actors?gender=female&sort=-age&per_page=2", "actors")
+        female = [a for a in self.actors if a["gender"].lower() == "female"]
+        self.assertEqual(seen, [a["id"] for a in expected_order(female, "-age")])
+        seen, _ = self.walk("/movies?q=harbour&released_to=2025-01-01&per_page=1", "movies")
+        self.assertEqual(seen, [m["id"] for m in self.movies if "harbour" in m["title"].lower()])
+
+    def test_a_cursor_page_says_page_null_and_keeps_the_whole_lists_total(self):
+        first = self.get("/actors?per_page=5&gender=female").get_json()
+        body = self.get(f"/actors?cursor={first['next_cursor']}").get_json()
+        female = [a["id"] for a in self.actors if a["gender"].lower() == "female"]
+        self.assertEqual((body["page"], body["per_page"], body["total_actors"]), (None, 20, len(female)))
+        self.assertEqual([a["id"] for a in body["actors"]], female[5:])  # per_page as sent, else the default
+        body = self.get(f"/actors?cursor={first['next_cursor']}&per_page=1&gender=FEMALE").get_json()
+        self.assertEqual([a["id"] for a in body["actors"]], female[5:6])  # per_page may change
+
+    def test_a_page_by_number_also_gives_the_cursor_to_the_next(self):
+        body = self.get("/actors?page=2&per_page=4&sort=name").get_json()
+        rest = self.get(f"/actors?cursor={body['next_cursor']}&per_page=100").get_json()
+        names = [a["id"] for a in expected_order(self.actors, "name")]
+        self.assertEqual([a["id"] for a in rest["actors"]], names[8:])
+
+    def test_a_walk_under_inserts_and_deletes_sees_each_surviving_item_exactly_once(self):
+        rng = random.Random(7)  # noqa: S311 (test data)
+        for sort in ("id", "-id", "name", "-age", "age,-name"):
+            with self.subTest(sort=sort):
+                before = {a["id"] for a in self.rows(Actor)}
+                seen, deleted, added = self.walk_while_writing(f"/actors?sort={sort}&per_page=3", before, rng)
+                self.assertEqual(len(seen), len(set(seen)), "an item was seen twice")
+                self.assertLessEqual(before - deleted, set(seen), "an item that existed throughout was missed")
+                self.assertLessEqual(set(seen), before | added)
+
+    def walk_while_writing(self, path, before, rng):
+        """Walk, and between every two pages add two actors and delete one that
+        was there before: (the ids seen, those deleted, those added)."""
+        deleted, added = set(), set()
+
+        def meanwhile(page):
+            for _ in range(2):
+                name = rng.choice(["Aaron", "mia", "Zoe", "bob", "Carl"]) + str(rng.randrange(100))
+                added.add(self.add(Actor, name=name, age=rng.randrange(151), gender="Female")["id"])
+            victim = rng.choice(sorted(before - deleted))
+            with self.app.app_context(), db.engine.begin() as connection:
+                connection.execute(delete(Actor).where(Actor.id == victim))
+            deleted.add(victim)
+
+        seen, _ = self.walk(path, "actors", meanwhile)
+        return seen, deleted, added
+
+    def cursor_of(self, path):
+        return self.get(path).get_json()["next_cursor"]
+
+    def test_malformed_tampered_and_contradicting_cursors_are_400(self):
+        cursor = self.cursor_of("/actors?per_page=2&gender=female&sort=-age")
+        payload, mac = cursor.split(".")
+        content = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+        def signed_as(change):
+            edited = json.loads(json.dumps(content))
+            change(edited)
+            text = json.dumps(edited, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(text).rstrip(b"=").decode() + "." + mac
+
+        flipped = payload[:10] + ("A" if payload[10] != "A" else "B") + payload[11:]
+        cases = [  # (query, what the message names)
+            ("cursor=garbage", "cursor"),
+            ("cursor=", "cursor"),
+            ("cursor=a.b.c", "cursor"),
+            ("cursor=%C3%A9.x", "cursor"),
+            ("cursor=" + "A" * 5000 + ".x", "cursor"),
+            (f"cursor={payload}", "cursor"),  # the signature cut off
+            (f"cursor={payload}.", "cursor"),
+            (f"cursor={flipped}.{mac}", "cursor"),  # one character changed
+            (f"cursor={payload[:-4]}.{mac}", "cursor"),  # truncated
+            (f"cursor={payload}.{mac[:-2]}", "cursor"),
+            (f"cursor={signed_as(lambda c: c['after'].__setitem__(1, -1))}", "cursor"),  # moved on
+            (f"cursor={signed_as(lambda c: c['criteria'].pop('gender'))}", "cursor"),  # filter removed
+            (f"cursor={cursor}&page=2", "page"),
+            (f"cursor={cursor}&page=1", "page"),
+            (f"cursor={cursor}&gender=male", "gender"),
+            (f"cursor={cursor}&sort=age", "sort"),
+            (f"cursor={cursor}&sort=-age,-id", "sort"),
+            (f"cursor={cursor}&q=a", "q"),
+            (f"cursor={cursor}&age_min=3", "age_min"),
+            (f"cursor={cursor}&per_page=0", "per_page"),
+        ]
+        for query, named in cases:
+            with self.subTest(query=query[:80]):
+                self.assertError(self.call("GET", f"/actors?{query}"), 400, named)
+
+    def test_a_cursor_belongs_to_its_own_list(self):
+        other_movie = self.movies[1]["id"]
+        self.add(Casting, movie_id=other_movie, actor_id=self.actors[1]["id"])
+        cases = [  # (where the cursor came from, where it is sent)
+            ("/actors?per_page=2", "/movies"),
+            ("/actors?per_page=2", f"/movies/{self.movie}/actors"),
+            (f"/movies/{self.movie}/actors?per_page=2", f"/movies/{other_movie}/actors"),
+            (f"/movies/{self.movie}/actors?per_page=2", "/actors"),
+            (f"/actors/{self.actor}/movies?per_page=2", "/movies"),
+        ]
+        for source, target in cases:
+            with self.subTest(source=source, target=target):
+                cursor = self.cursor_of(source)
+                self.assertError(self.call("GET", f"{target}?cursor={cursor}"), 400, "another list")
+
+    def test_the_same_criteria_sent_again_with_the_cursor_are_no_contradiction(self):
+        cursor = self.cursor_of("/actors?per_page=2&gender=female&q=A&sort=-age")
+        for query in ("gender=female", "gender=FEMALE&q=a", "sort=-age", "sort=-age,id", "per_page=3"):
+            with self.subTest(query=query):
+                self.get(f"/actors?cursor={cursor}&{query}")
+        cursor = self.cursor_of("/movies?per_page=2")
+        self.get(f"/movies?cursor={cursor}&sort=id")  # the default, named
+
+    def test_a_cursor_after_the_last_items_were_deleted_is_an_empty_last_page(self):
+        body = self.get("/actors?per_page=10").get_json()
+        with self.app.app_context(), db.engine.begin() as connection:
+            connection.execute(delete(Actor).where(Actor.id > body["actors"][-1]["id"]))
+        body = self.get(f"/actors?cursor={body['next_cursor']}").get_json()
+        self.assertEqual((body["actors"], body["next_cursor"], body["total_actors"]), ([], None, 10))
+
+
+class WindowAndTotalTest(ApiTestCase):
+    """The first 10,000 items by page, every item by cursor; exact totals up to
+    the bound (1,000), then a lower bound that says so."""
+
+    def add_actors(self, count):
+        rows = [{"name": f"Actor {i}", "age": 30, "gender": "Female" if i % 2 else "Male"} for i in range(count)]
+        with self.app.app_context():
+            db.session.execute(insert(Actor), rows)
+            db.session.commit()
+
+    def page(self, query, status=200):
+        response = self.call("GET", f"/actors?{query}")
+        self.assertEqual(response.status_code, status, response.get_data(as_text=True))
+        return response.get_json()
+
+    def test_pages_reach_the_first_10000_items_and_cursors_the_rest(self):
+        self.add_actors(10_050)
+        last = self.page("page=100&per_page=100")  # items 9,901..10,000: served whole
+        self.assertEqual((len(last["actors"]), last["total_actors"], last["total_exact"]), (100, 10_050, True))
+        for query in ("page=101&per_page=100", "page=501", "page=10001&per_page=1", "page=502&per_page=20"):
+            with self.subTest(query):
+                self.assertError(self.call("GET", f"/actors?{query}"), 400, "cursor")
+        # Past the end of a list is an empty page, not an error, past the window too.
+        past_the_end = ("page=999999999999", "q=Actor 1&page=101&per_page=100", "gender=female&page=101&per_page=100")
+        for query in (*past_the_end, "q=zzz&page=999"):
+            with self.subTest(query):
+                self.assertEqual(self.page(query)["actors"], [])
+        self.assertError(self.call("GET", "/actors?q=Actor&page=101&per_page=100"), 400, "cursor")
+        rest = self.page(f"cursor={last['next_cursor']}&per_page=100")
+        self.assertEqual(len(rest["actors"]), 50)
+        self.assertIsNone(rest["next_cursor"])
+
+    def test_totals_are_exact_up_to_the_bound_then_a_lower_bound(self):
+        self.add_actors(2_001)  # 1,000 female, 1,001 male
+        cases = [  # (query, total, exact)
+            ("", 2_001, True),  # the whole table: its counter, always exact
+            ("gender=female", 1_000, True),
+            ("gender=male", 1_000, False),  # 1,001: the count stopped at the bound
+            ("q=Actor", 1_000, False),
+            ("q=Actor 1999", 1, True),
+            ("gender=male&page=500", 1_000, False),  # a page past the end counts the same way
+            ("gender=female&page=500", 1_000, True),
+        ]
+        for query, total, exact in cases:
+            with self.subTest(query):
+                body = self.page(query)
+                self.assertEqual((body["total_actors"], body["total_exact"]), (total, exact))
+
+
+class LoweredBoundTest(ApiTestCase):
+    config = {"LIST_COUNT_BOUND": 3, "LIST_WINDOW": 4}
+
+    def test_the_bound_and_the_window_are_settings(self):
+        for i in range(6):
+            self.add(Actor, name=f"A{i}", age=20 + i, gender="Female")
+        self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))
+        cases = [  # (path, total, exact, status)
+            ("/actors?age_min=22", 3, False, 200),
+            ("/actors?age_min=23", 3, True, 200),
+            ("/actors", 6, True, 200),
+            ("/actors?page=2&per_page=4", None, None, 400),  # starts at the 5th item: past the window
+            ("/actors?page=3&per_page=2", None, None, 400),
+            ("/actors?page=2&per_page=3&age_min=25", 1, True, 200),  # past the end: empty
+        ]
+        for path, total, exact, status in cases:
+            with self.subTest(path):
+                response = self.call("GET", path)
+                self.assertEqual(response.status_code, status)
+                if status == 200:
+                    body = response.get_json()
+                    self.assertEqual((body["total_actors"], body["total_exact"]), (total, exact))
