@@ -1,0 +1,95 @@
+"""What each index of the lists buys: for each, the statements of a few list
+requests, timed by PostgreSQL (EXPLAIN ANALYZE, best of 5) with the index and
+then without it (dropped inside a transaction that is rolled back).
+
+Run it after `bench/run` has loaded its largest size into the `casting_bench`
+database (the run leaves it there):
+
+    .venv/bin/python bench/indexes.py
+"""
+
+# ruff: noqa: S608 (index names and SQL from this file and from the app's own statements)
+
+import os
+import sys
+from pathlib import Path
+
+import psycopg2
+from sqlalchemy import event
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DATABASE_URL = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432") + "/casting_bench"
+
+# index -> the requests whose statements it serves
+REQUESTS = {
+    "ix_actors_name_trgm": ["/actors?q=quill"],
+    "ix_actors_name_id": ["/actors?sort=name", "/actors?sort=-name,-id"],
+    "ix_actors_name_negated_id": ["/actors?sort=-name"],
+    "ix_actors_age_id": ["/actors?sort=age", "/actors?age_min=90&age_max=90"],
+    "ix_actors_age_negated_id": ["/actors?gender=female&age_min=25&age_max=35&sort=-age"],
+    "ix_actors_gender_folded": ["/actors?gender=unknown", "/actors?gender=female"],
+    "ix_movies_title_id": ["/movies?sort=title"],
+    "ix_movies_title_negated_id": ["/movies?sort=-title"],
+    "ix_movies_release_date_id": ["/movies?released_from=2000-01-01&released_to=2000-01-31&sort=release_date"],
+    "ix_movies_release_date_negated_id": ["/movies?sort=-release_date"],
+}
+
+
+def statements_of(path):
+    """The SQL (with its parameters) that a GET of `path` runs, by the app itself."""
+    from app import create_app
+    from auth import PERMISSIONS
+    from testing import ISSUER_ON_LOOPBACK, app_config
+
+    app = create_app(app_config(DATABASE_URL=DATABASE_URL))
+    captured = []
+    event.listen(
+        app.extensions["statements"],
+        "before_cursor_execute",
+        lambda conn, cursor, sql, parameters, *_: captured.append(cursor.mogrify(sql, parameters).decode()),
+    )
+    token = ISSUER_ON_LOOPBACK.token(PERMISSIONS)
+    response = app.test_client().get(path, headers={"Authorization": f"Bearer {token}"})
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {path}: {response.status_code} {response.get_data(as_text=True)[:200]}")
+    return [
+        sql
+        for sql in captured
+        if sql.lstrip().upper().startswith("SELECT") and "FROM actors WHERE actors.id" not in sql
+    ]
+
+
+def execution_ms(cursor, sql):
+    best = None
+    for _ in range(5):
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+        ms = cursor.fetchone()[0][0]["Execution Time"]
+        best = ms if best is None else min(best, ms)
+    return best
+
+
+def main():
+    connection = psycopg2.connect(DATABASE_URL)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM actors")
+        actors = cursor.fetchone()[0]
+    connection.rollback()
+    print(f"{actors:,} actors in casting_bench\n")
+    print("| index | request | with (ms) | without (ms) |")
+    print("| --- | --- | ---: | ---: |")
+    for index, paths in REQUESTS.items():
+        for path in paths:
+            sql = " ; ".join(statements_of(path))
+            with connection.cursor() as cursor:
+                with_index = sum(execution_ms(cursor, one) for one in sql.split(" ; "))
+                cursor.execute(f'DROP INDEX "{index}"')
+                without = sum(execution_ms(cursor, one) for one in sql.split(" ; "))
+            connection.rollback()
+            print(f"| `{index}` | `{path}` | {with_index:.2f} | {without:.2f} |", flush=True)
+    connection.close()
+
+
+if __name__ == "__main__":
+    main()
