@@ -19,24 +19,28 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
 from flask_swagger_ui import get_swaggerui_blueprint
-from sqlalchemy import bindparam, delete, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
     InternalServerError,
+    NotFound,
+    PreconditionFailed,
     RequestEntityTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
 from werkzeug.routing import BaseConverter
 
+import etags
 import schemas
+import writes
 from auth import init_auth, requires_auth, token_command
-from database import delete_or_404, engine_options, execute, init_database, returned_or_404, row_or_404
-from lists import ACTOR_COLUMNS, MOVIE_COLUMNS, Listing, init_lists, next_link
-from models import MAX_ID, Actor, Casting, Movie, db
+from database import engine_options, execute, init_database, row_or_404
+from lists import ACTOR_COLUMNS, AUDIT_COLUMNS, MOVIE_COLUMNS, Listing, init_lists, next_link
+from models import MAX_ID, Actor, AuditEvent, Casting, Movie, db
 
 MIB = 1024 * 1024
 # An oversized body is read and discarded up to this bound before the 413, so
@@ -319,38 +323,71 @@ def resource_blueprint(res):
 
         @protected(blp, f"add:{res.plural}")
         @json_body(blp, res.schema)
-        @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER})
+        @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER, "ETag": etags.ETAG_HEADER})
         def post(self, data):
             """Create"""
-            row = dict(execute(insert(res.model).values(**data).returning(*table.c)).mappings().one())
+            row = writes.create(table, data)
             location = url_for(f"{res.plural}.Item", **{res.key: row["id"]})
-            return {"success": True, res.singular: row}, {"Location": location}
+            return {"success": True, res.singular: row}, {"Location": location, **etags.etag_header(row)}
 
     @blp.route(f"/<id:{res.key}>")
     class Item(MethodView):
         @protected(blp, f"get:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
-        @blp.response(200, res.item_envelope)
+        @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
+        @blp.alt_response(304, description="Not modified: If-None-Match names the current ETag.")
+        @blp.doc(parameters=[etags.IF_NONE_MATCH])
         def get(self, item):
-            """Get one"""
-            return {"success": True, res.singular: item}
+            """Get one, with its ETag"""
+            return etags.not_modified(item) or ({"success": True, res.singular: item}, etags.etag_header(item))
 
         @protected(blp, f"edit:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
+        @etags.precondition(blp, "item")
         @json_body(blp, res.patch_schema)
-        @blp.response(200, res.item_envelope)
-        def patch(self, data, item):
-            """Change any non-empty subset of the fields"""
-            changed = update(res.model).where(res.model.id == item["id"]).values(**data).returning(*table.c)
-            return {"success": True, res.singular: returned_or_404(changed)}
+        @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
+        def patch(self, data, item, versions):
+            """Change any non-empty subset of the fields (conditionally, with If-Match)"""
+            change = writes.change(table, {"id": item["id"]}, data, versions)
+            if change is None:
+                gone_or_changed(res.model, item["id"], versions)
+            return {"success": True, res.singular: change.after}, etags.etag_header(change.after)
 
         @protected(blp, f"delete:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
+        @etags.precondition(blp, "item")
         @blp.response(200, schemas.DeletedSchema)
-        def delete(self, item):
-            """Delete, with its castings"""
-            delete_or_404(delete(res.model).where(res.model.id == item["id"]))
+        def delete(self, item, versions):
+            """Delete, with its castings (conditionally, with If-Match)"""
+            if writes.remove(table, {"id": item["id"]}, versions) is None:
+                gone_or_changed(res.model, item["id"], versions)
             return {"success": True, "delete": item["id"]}
+
+    return blp
+
+
+def gone_or_changed(model, item_id, versions):
+    """After a write found no row: 412 when the row is there but If-Match
+    names none of its versions, else 404 (another request deleted it first)."""
+    if versions is not None:
+        row_or_404(model, item_id)
+        raise PreconditionFailed(etags.PRECONDITION_FAILED)
+    raise NotFound("the resource was deleted meanwhile")
+
+
+def audit_blueprint():
+    blp = ApiBlueprint("audit", __name__, url_prefix="/audit", description="The audit trail: every write.")
+    listing = Listing(select(AuditEvent.__table__), AuditEvent, AUDIT_COLUMNS, schemas.AuditQuerySchema())
+    envelope = schemas.page_envelope(schemas.AuditEventSchema, "events")
+
+    @blp.route("")
+    class Events(MethodView):
+        @protected(blp, "get:audit")
+        @list_query(blp, schemas.AuditQuerySchema)
+        @blp.response(200, envelope, headers={"Link": NEXT_LINK_HEADER})
+        def get(self, args):
+            """List the events, newest first: filter, and page by number or by cursor"""
+            return list_response("events", listing.page(args, "audit"), args, request.path)
 
     return blp
 
@@ -382,28 +419,6 @@ def cast_list(blp, owner, other, permission):
             return list_response(other.plural, page, args, request.path, **{owner.key: parent["id"]})
 
 
-def cast(movie, actor, data):
-    """Cast `actor` in `movie`, `data` setting the character: (the casting, created?).
-    Each step is one statement, so a concurrent PUT or DELETE can land between
-    them; the loop takes the step that matches what it finds."""
-    pair = (Casting.movie_id == movie) & (Casting.actor_id == actor)
-    columns = Casting.__table__.c
-    for _attempt in range(3):
-        found = update(Casting).where(pair).values(**data).returning(*columns) if data else select(columns).where(pair)
-        existing = execute(found).mappings().first()
-        if existing:
-            return dict(existing), False
-        try:
-            created = execute(insert(Casting).values(movie_id=movie, actor_id=actor, **data).returning(*columns))
-            return dict(created.mappings().one()), True
-        except IntegrityError:
-            # Another request cast the same pair first (then this is an update:
-            # go round again), or deleted the movie or the actor (then it is a 404).
-            row_or_404(Movie, movie)
-            row_or_404(Actor, actor)
-    raise ServiceUnavailable("the casting is changing too fast; try again")
-
-
 def casting_routes(blp):
     """PUT and DELETE /movies/<movie_id>/actors/<actor_id>."""
 
@@ -417,7 +432,7 @@ def casting_routes(blp):
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
         def put(self, data, movie, actor):
             """Cast an actor in a movie (idempotent); a body sets the character"""
-            casting, created = cast(movie["id"], actor["id"], data)
+            casting, created = writes.cast(movie["id"], actor["id"], data)
             return {"success": True, "casting": casting}, 201 if created else 200
 
         @protected(blp, "edit:movies")
@@ -426,8 +441,7 @@ def casting_routes(blp):
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, movie, actor):
             """Remove an actor from a movie's cast"""
-            pair = (Casting.movie_id == movie["id"]) & (Casting.actor_id == actor["id"])
-            delete_or_404(delete(Casting).where(pair), f"actor {actor['id']} is not cast in movie {movie['id']}")
+            writes.uncast(movie["id"], actor["id"])
             return {"success": True, "delete": actor["id"]}
 
 
@@ -439,6 +453,7 @@ MESSAGES = {
     403: "forbidden",
     404: "resource not found",
     405: "method not allowed",
+    412: "precondition failed",
     413: "request body too large",
     415: "unsupported media type",
     422: "unprocessable entity",
@@ -576,6 +591,7 @@ def create_app(test_config=None):
         if res is MOVIES:
             casting_routes(blp)
         api.register_blueprint(blp)
+    api.register_blueprint(audit_blueprint())
     register_error_handlers(app)
     app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)

@@ -40,7 +40,7 @@ ALGORITHMS = ["RS256"]  # an allow-list: the token's own header never chooses
 
 _ASSISTANT = ["get:actors", "get:movies"]
 _DIRECTOR = _ASSISTANT + ["add:actors", "edit:actors", "delete:actors", "edit:movies"]
-_PRODUCER = _DIRECTOR + ["add:movies", "delete:movies"]
+_PRODUCER = _DIRECTOR + ["add:movies", "delete:movies", "get:audit"]
 ROLES = {
     "Casting Assistant": _ASSISTANT,
     "Casting Director": _DIRECTOR,

@@ -91,18 +91,3 @@ def row_or_404(model, id_):
     if row is None:
         raise NotFound(f"{noun(model)} {id_} not found")
     return dict(row)
-
-
-def returned_or_404(statement, message="the resource was deleted meanwhile"):
-    """Run an UPDATE with RETURNING; no row (another request deleted it first) is a 404."""
-    row = execute(statement).mappings().first()
-    if row is None:
-        raise NotFound(message)
-    return dict(row)
-
-
-def delete_or_404(statement, message="the resource was deleted meanwhile"):
-    """Run a DELETE; no row deleted (another request was first) is a 404, so of
-    two concurrent deletes of one row exactly one succeeds."""
-    if execute(statement).rowcount == 0:
-        raise NotFound(message)

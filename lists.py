@@ -33,7 +33,7 @@ from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple
 from werkzeug.exceptions import BadRequest
 
 from database import connect
-from models import Actor, Movie, RowCount, folded
+from models import Actor, AuditEvent, Movie, RowCount, folded
 
 # `?page=` reaches this many items; a cursor reaches every one.
 WINDOW = 10_000
@@ -75,6 +75,7 @@ class Columns:
     search: Any
     filters: dict = field(default_factory=dict)  # query parameter -> its condition, given the value's bindparam
     sort_keys: dict = field(default_factory=dict)
+    default_sort: tuple = DEFAULT_SORT
 
 
 ACTOR_COLUMNS = Columns(
@@ -106,6 +107,20 @@ MOVIE_COLUMNS = Columns(
     },
 )
 
+AUDIT_COLUMNS = Columns(
+    search=None,
+    filters={
+        "resource": lambda value: AuditEvent.resource == value,
+        "resource_id": lambda value: AuditEvent.resource_id == value,
+        "subject": lambda value: AuditEvent.subject == value,
+        "action": lambda value: AuditEvent.action == value,
+        "since": lambda value: AuditEvent.at >= value,
+        "until": lambda value: AuditEvent.at < value,
+    },
+    sort_keys={"id": SortKey(AuditEvent.id, negatable=True, from_json=_int)},
+    default_sort=(("id", True),),  # newest first
+)
+
 
 def like_pattern(q):
     """?q= as an ILIKE pattern matching it anywhere, its wildcards escaped."""
@@ -113,10 +128,10 @@ def like_pattern(q):
 
 
 def sort_terms(sort):
-    """The full order of a ?sort= (a tuple of (key, descending)): its keys up
-    to `id`, then `id` ascending when the keys did not name it."""
+    """The full order of a sort (a tuple of (key, descending)): its keys up to
+    `id`, then `id` ascending when the keys did not name it."""
     terms = []
-    for key, descending in sort or DEFAULT_SORT:
+    for key, descending in sort:
         terms.append((key, descending))
         if key == "id":
             return tuple(terms)
@@ -200,7 +215,7 @@ class Listing:
     def _criteria(self, args):
         """What selects and orders the list's items (q, filters, the full sort)."""
         criteria = {name: args[name] for name in ("q", *self.columns.filters) if name in args}
-        criteria["sort"] = sort_terms(args.get("sort"))
+        criteria["sort"] = sort_terms(args.get("sort") or self.columns.default_sort)
         return criteria
 
     def _read_cursor(self, args, list_key, sent):

@@ -11,7 +11,20 @@ import sqlite3
 import warnings
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, Integer, MetaData, String, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
@@ -116,6 +129,13 @@ def schema_comparison(dialect_name):
         yield include_object
 
 
+def _version():
+    """A row's version: 1 when created, one more at each write that changes a
+    value. Its ETag carries it, and a conditional write compares it in the
+    write's own statement (see writes.py)."""
+    return Column(Integer, nullable=False, server_default="1")
+
+
 class Actor(db.Model):
     __tablename__ = "actors"
 
@@ -123,6 +143,7 @@ class Actor(db.Model):
     name = Column(String(120), nullable=False)
     age = Column(Integer, nullable=False)
     gender = Column(String(50), nullable=False)
+    version = _version()
 
     __table_args__ = (
         _search_index("actors", "name"),
@@ -140,6 +161,7 @@ class Movie(db.Model):
     id = Column(Integer, primary_key=True)
     title = Column(String(200), nullable=False)
     release_date = Column(Date, nullable=False)
+    version = _version()
 
     __table_args__ = (
         _search_index("movies", "title"),
@@ -172,6 +194,34 @@ class RowCount(db.Model):
     n = Column(BigInteger, nullable=False)
 
 
+class AuditEvent(db.Model):
+    """One successful write: who made it, when, in which request, and the row
+    as it was before and after (null for a create's before and a delete's
+    after). No foreign keys: the history of an actor outlives the actor.
+    The API shows `changes`, derived from before and after (schemas.py)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # /audit lists newest first, by id: these serve its filters in that order.
+        Index(None, "resource_id", "id"),
+        Index(None, "subject", "id"),
+        Index(None, "at"),
+        _NO_ID_REUSE,
+    )
+
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)  # SQLite's rowid is INTEGER
+    at = Column(DateTime(timezone=True), nullable=False)
+    subject = Column(String(255), nullable=False)
+    action = Column(String(10), nullable=False)
+    resource = Column(String(10), nullable=False)
+    resource_id = Column(Integer, nullable=True)
+    movie_id = Column(Integer, nullable=True)
+    actor_id = Column(Integer, nullable=True)
+    before = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
+    after = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
+    request_id = Column(String(64), nullable=False)
+
+
 def columns(row):
-    """A row's column values by name."""
-    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+    """A row's column values by name, but its version: the values a client sees."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns if column.key != "version"}

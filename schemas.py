@@ -15,6 +15,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from models import db
+
 # --- fields -------------------------------------------------------------------
 
 
@@ -297,7 +299,7 @@ class SortKeys(fields.String):
         return tuple(terms)
 
 
-class ListQuerySchema(Schema):
+class PageQuerySchema(Schema):
     """The query parameters every list takes (SPEC: "Lists at scale")."""
 
     class Meta:
@@ -311,19 +313,24 @@ class ListQuerySchema(Schema):
         },
     )
     per_page = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
-    q = fields.String(
-        validate=[
-            validate.Length(max=200),
-            validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000."),
-        ],
-        metadata={"description": "Keep the items whose name or title contains this, ignoring case."},
-    )
     cursor = fields.String(
         validate=[validate.Length(min=1, max=4096), validate.Regexp(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")],
         metadata={
             "description": "Continue a list after the page that gave this `next_cursor`, with that page's "
             "filters, search and sort (which may be left out, and must not differ). Not with `page`."
         },
+    )
+
+
+class ListQuerySchema(PageQuerySchema):
+    """The actors' and movies' lists: pages, and a search."""
+
+    q = fields.String(
+        validate=[
+            validate.Length(max=200),
+            validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000."),
+        ],
+        metadata={"description": "Keep the items whose name or title contains this, ignoring case."},
     )
 
 
@@ -345,6 +352,91 @@ class MovieListQuerySchema(ListQuerySchema):
     released_from = QueryDate(metadata={"description": "Keep the movies released on this day or later."})
     released_to = QueryDate(metadata={"description": "Keep the movies released on this day or earlier."})
     sort = SortKeys(("id", "title", "release_date"))
+
+
+class QueryDateTime(fields.DateTime):
+    """An instant in a query string: ISO 8601 with a zone (`Z` or an offset), read in UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            instant = datetime.fromisoformat(value) if isinstance(value, str) and len(value) > 10 else None
+        except ValueError:
+            instant = None
+        if instant is None or instant.tzinfo is None:
+            raise ValidationError("Not a date-time with a zone: use e.g. 2026-11-29T10:00:00Z.")
+        return instant.astimezone(UTC)
+
+
+AUDIT_ACTIONS = ("create", "update", "delete", "cast", "uncast")
+AUDIT_RESOURCES = ("actors", "movies", "castings")
+
+
+class AuditQuerySchema(PageQuerySchema):
+    resource = fields.String(validate=validate.OneOf(AUDIT_RESOURCES))
+    resource_id = QueryInteger(
+        validate=validate.Range(min=0),
+        metadata={"description": "Keep the events of this actor's or movie's id (castings have none)."},
+    )
+    subject = fields.String(
+        validate=validate.Length(min=1, max=255), metadata={"description": "Keep the events of this token `sub`."}
+    )
+    action = fields.String(validate=validate.OneOf(AUDIT_ACTIONS))
+    since = QueryDateTime(metadata={"description": "Keep the events at or after this instant."})
+    until = QueryDateTime(metadata={"description": "Keep the events before this instant."})
+
+
+# --- the audit trail -----------------------------------------------------------
+
+
+def _visible(row, resource):
+    """A stored row as the API shows it: its columns in the table's order
+    (PostgreSQL's jsonb keeps its own), without the version (the ETag's)."""
+    if row is None:
+        return None
+    return {c.name: row[c.name] for c in db.metadata.tables[resource].c if c.name in row and c.name != "version"}
+
+
+def audit_changes(event):
+    """An event's `changes`, from the rows it holds (SPEC: "Audit trail")."""
+    before, after = _visible(event["before"], event["resource"]), _visible(event["after"], event["resource"])
+    action = event["action"]
+    if action == "create":
+        return {name: value for name, value in after.items() if name != "id"}
+    if action == "update":
+        return {name: [before[name], value] for name, value in after.items() if before[name] != value}
+    if action == "cast":
+        return {"character": [before and before["character"], after["character"]]}
+    return before  # delete, uncast: the item as it was
+
+
+class UtcInstant(fields.Field):
+    """A stored instant as ISO 8601 in UTC with `Z` (SQLite returns it naive, in UTC)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        instant = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditEventSchema(Schema):
+    id = fields.Integer(required=True)
+    at = UtcInstant(required=True, metadata={"type": "string", "format": "date-time"})
+    subject = fields.String(required=True, metadata={"description": "The token's `sub`."})
+    action = fields.String(required=True, metadata={"enum": list(AUDIT_ACTIONS)})
+    resource = fields.String(required=True, metadata={"enum": list(AUDIT_RESOURCES)})
+    resource_id = fields.Integer(required=True, allow_none=True)
+    movie_id = fields.Integer(required=True, allow_none=True)
+    actor_id = fields.Integer(required=True, allow_none=True)
+    changes = fields.Function(
+        audit_changes,
+        required=True,
+        metadata={
+            "type": "object",
+            "description": "An update: each changed field's `[old, new]`; a create: the fields written; a delete: "
+            "the item as it was; a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
+            "casting as it was.",
+        },
+    )
+    request_id = fields.String(required=True, metadata={"description": "The X-Request-ID of the request."})
 
 
 # --- envelopes ----------------------------------------------------------------

@@ -9,6 +9,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import app as application
+import writes
 from app import create_app
 from models import MAX_ID, Actor, Casting, Movie, db
 from testing import ApiTestCase, app_config, dispose
@@ -594,18 +595,18 @@ class CastingTest(ApiTestCase):
                 self.assertEqual(self.rows(Casting)[0]["character"], "Mei")
 
     def racing(self, meanwhile):
-        """Patch the statements so that `meanwhile` (another request's commit)
-        runs just before the PUT's INSERT of the casting, after it found none."""
-        real_run = application.execute
+        """Patch the writes so that `meanwhile` (another request's commit) runs
+        just before the PUT's INSERT of the casting, after it found none."""
+        real_create = writes.create
         raced = []
 
-        def run(statement, parameters=None):
-            if statement.is_insert and statement.table.name == "castings" and not raced:
-                raced.append(statement)
+        def create(table, values, action="create"):
+            if table.name == "castings" and not raced:
+                raced.append(values)
                 meanwhile()
-            return real_run(statement, parameters)
+            return real_create(table, values, action)
 
-        return mock.patch("app.execute", run)
+        return mock.patch("writes.create", create)
 
     def test_put_racing_another_put_of_the_same_pair_is_an_update(self):
         with self.racing(lambda: self.add(Casting, movie_id=self.movie, actor_id=self.actor, character="A")):
@@ -626,13 +627,10 @@ class CastingTest(ApiTestCase):
     def test_put_gives_up_with_503_when_the_pair_keeps_changing(self):
         # Every INSERT finds the pair cast, every look finds it gone: as if other
         # requests cast and removed it between each of this PUT's statements.
-        def run(statement, parameters=None):
-            if statement.is_insert and statement.table.name == "castings":
-                raise IntegrityError(str(statement), {}, Exception("duplicate key"))
-            return real_run(statement, parameters)
+        def create(table, values, action="create"):
+            raise IntegrityError("INSERT INTO castings", {}, Exception("duplicate key"))
 
-        real_run = application.execute
-        with mock.patch("app.execute", run):
+        with mock.patch("writes.create", create):
             self.assertError(self.call("PUT", self.path, json={"character": "Mei"}), 503, "changing too fast")
         self.assertEqual(self.rows(Casting), [])
 
