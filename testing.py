@@ -154,7 +154,7 @@ class ApiTestCase(unittest.TestCase):
 
     def _empty_database(self):
         with self.app.app_context(), db.engine.begin() as connection:
-            for table in ("castings", "movies", "actors"):
+            for table in ("castings", "movies", "actors", "audit_events"):
                 connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed names)
         dispose(self.app)
 
