@@ -20,8 +20,9 @@ import jwt
 
 from app import create_app
 from auth import ROLES, JWKSKeys, role_permissions
+from loopback import Issuer, rsa_key
 from models import Actor, Casting, Movie
-from testing import AUDIENCE, ApiTestCase, Issuer, app_config, dispose, rsa_key
+from testing import AUDIENCE, ISSUER, ApiTestCase, app_config, dispose
 
 MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
@@ -184,7 +185,8 @@ class AttackTest(ApiTestCase):
         self.assertEqual(self.rows(Actor), [])
 
     def test_the_key_source_is_never_taken_from_the_token(self):
-        attacker = Issuer()  # publishes its own JWKS
+        attacker = Issuer(ISSUER, AUDIENCE)  # publishes its own JWKS
+        self.addCleanup(attacker.stop)
         for header in (
             {"jku": attacker.jwks_url, "kid": attacker.kid},
             {"x5u": attacker.jwks_url, "kid": "x"},
@@ -194,8 +196,6 @@ class AttackTest(ApiTestCase):
                 token = attacker.token(["get:actors"], headers=header)
                 self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
         self.assertEqual(attacker.fetches, 0)
-        attacker.server.shutdown()
-        attacker.server.server_close()
 
     def test_scheme_is_case_insensitive_and_spacing_is_tolerated(self):
         token = self.issuer.token(["get:actors"])

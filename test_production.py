@@ -11,135 +11,43 @@ for itself, over real HTTP on 127.0.0.1.
 
 The module makes one PostgreSQL cluster with `initdb` in a temporary folder
 (as the `postgres` user when the tests run as root), creates a database and
-runs the release phase's `flask db upgrade` on it, and stops it. Each stack
+runs the Procfile's release command on it, and stops it. Each stack
 copies that folder and runs it with `pg_ctl` on a free port of 127.0.0.1: a
 PostgreSQL of its own. On it, `gunicorn 'app:create_app()'` starts from the
 repo folder as the Procfile says (so ./gunicorn.conf.py applies), in its own
-process group, with tokens from a `testing.Issuer` on loopback. Everything is
-stopped and removed by cleanups, also when a test fails.
+process group, with tokens from an issuer on loopback. The harness is
+loopback.py's, shared with the benchmark. Everything is stopped and removed by
+cleanups, also when a test fails.
 """
 
 import concurrent.futures
-import contextlib
-import glob
-import http.client
-import json
 import os
 import re
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import unittest
 import uuid
 
-import psycopg2
-
 import testing
+from auth import ROLES
+from loopback import (
+    CAN_RUN_POSTGRES,
+    Gunicorn,
+    Issuer,
+    Postgres,
+    call,
+    clean_environment,
+    free_port,
+    needs_postgres,
+    rsa_key,
+    run_procfile,
+)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.dirname(sys.executable)
-HOST = "127.0.0.1"
 PRODUCER = "Executive Producer"
-
-# Settings of the machine or of a developer that must not reach the server.
-SCRUBBED = (
-    "AUTH0_DOMAIN",
-    "AUTH0_ISSUER",
-    "JWKS_URL",
-    "API_AUDIENCE",
-    "REQUIRE_ISSUER",
-    "DATABASE_URL",
-    "TEST_DATABASE_URL",
-    "CORS_ORIGINS",
-    "MAX_CONTENT_LENGTH",
-    "DB_POOL_SIZE",
-    "JWKS_TIMEOUT",
-    "JWKS_MIN_REFETCH_INTERVAL",
-    "PORT",
-    "WEB_CONCURRENCY",
-    "FLASK_APP",
-    "GUNICORN_CMD_ARGS",
-)
-
-
-def _postgres_bin():
-    """The newest PostgreSQL's binaries folder, or None."""
-    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
-    if found:
-        newest = max(found, key=lambda path: int(re.sub(r"\D", "", path.split("/")[4]) or 0))
-        return os.path.dirname(newest)
-    initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
-
-
-def _postgres_user():
-    """(uid, gid) of the `postgres` user, or None."""
-    import pwd
-
-    try:
-        entry = pwd.getpwnam("postgres")
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
-
-
-PG_BIN = _postgres_bin()
-AS_ROOT = os.geteuid() == 0
-CAN_RUN_POSTGRES = bool(PG_BIN) and (not AS_ROOT or _postgres_user() is not None and shutil.which("runuser"))
-# A developer without PostgreSQL's server binaries skips these; CI (CI=true) never does.
-needs_postgres = unittest.skipUnless(
-    CAN_RUN_POSTGRES or os.environ.get("CI"), "needs PostgreSQL's initdb and pg_ctl (and, as root, runuser)"
-)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def tag():
     """A unique word, so that tests sharing a database find their own rows."""
     return "t" + uuid.uuid4().hex[:10]
-
-
-# --- HTTP ---------------------------------------------------------------------
-
-
-class Reply:
-    def __init__(self, status, headers, raw):
-        self.status = status
-        self.headers = headers  # case-insensitive
-        self.raw = raw
-
-    def json(self):
-        return json.loads(self.raw)
-
-    def __repr__(self):
-        return f"<{self.status} {self.raw[:300]!r}>"
-
-
-def call(port, method, path, token=None, body=None, headers=None, timeout=20):
-    """One request on its own connection, read to the end and closed."""
-    headers = dict(headers or {})
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        connection.request(method, path, body=data, headers=headers)
-        with connection.getresponse() as response:
-            return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
 
 
 def concurrently(calls, workers=24, timeout=60):
@@ -154,194 +62,35 @@ def concurrently(calls, workers=24, timeout=60):
         return [future.result() for future in futures]
 
 
-# --- PostgreSQL -----------------------------------------------------------------
-
-
-class Postgres:
-    """A PostgreSQL cluster of its own in a temporary folder, on a free port."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="casting-agency-pg-")
-        self.data = os.path.join(self.dir, "data")
-        self.log = os.path.join(self.dir, "postgres.log")
-        self.port = free_port()
-        self.running = False
-        if AS_ROOT:  # initdb and pg_ctl refuse root: they run as postgres, who must write here
-            os.chown(self.dir, *_postgres_user())
-
-    def _run(self, tool, *args, check=True, timeout=60):
-        command = [os.path.join(PG_BIN, tool), *args]
-        if AS_ROOT:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(  # noqa: S603 (fixed programs, our arguments)
-            command,
-            cwd=self.dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stdout}{result.stderr}{self.log_text()}")
-        return result
-
-    def log_text(self):
-        try:
-            with open(self.log) as file:
-                return file.read()[-3000:]
-        except OSError:
-            return ""
-
-    def init(self):
-        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
-
-    def copy_of(self, template):
-        """Another cluster's (stopped) data folder as this one's, owners kept."""
-        subprocess.run(["cp", "-a", template.data, self.data], check=True, timeout=60)  # noqa: S603, S607
-
-    def start(self):
-        options = (
-            f"-k {self.dir} -c listen_addresses={HOST} -p {self.port} -c max_connections=50 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self.running = True  # from here on, the cleanup stops it
-        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "30", "start")
-
-    def stop(self, mode="fast"):
-        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "30", "stop")
-        self.running = False
-
-    def close(self):
-        if self.running:
-            result = self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "30", "stop", check=False)
-            if result.returncode != 0:
-                self._kill_postmaster()
-            self.running = False
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _kill_postmaster(self):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(os.path.join(self.data, "postmaster.pid")) as file:
-                pid = int(file.readline())
-            os.kill(pid, signal.SIGQUIT)  # immediate shutdown of the postmaster we started
-
-    def url(self, database):
-        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
-
-    def connect(self, database="postgres"):
-        return contextlib.closing(psycopg2.connect(host=HOST, port=self.port, user="postgres", dbname=database))
-
-    def create_database(self, name):
-        with self.connect() as connection:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-
-    def query(self, database, sql, params=()):
-        with self.connect(database) as connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-            connection.rollback()
-            return rows
-
-
 # --- the production stack -------------------------------------------------------
 
 
-def procfile_web():
-    with open(os.path.join(HERE, "Procfile")) as file:
-        lines = dict(line.split(": ", 1) for line in file.read().splitlines() if line.strip())
-    return shlex.split(lines["web"])
-
-
 def server_env(issuer, database_url, **more):
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
-    env.update(
+    """The app's settings for these tests, and nothing of the machine's or .env."""
+    return clean_environment(
         DATABASE_URL=database_url,
-        AUTH0_ISSUER=testing.ISSUER,
+        AUTH0_ISSUER=issuer.issuer,
         JWKS_URL=issuer.jwks_url,
-        API_AUDIENCE=testing.AUDIENCE,
+        API_AUDIENCE=issuer.audience,
         PYTHONUNBUFFERED="1",
         **more,
     )
-    return env
-
-
-class Gunicorn:
-    """The Procfile's web command, in its own process group, its output in a file."""
-
-    def __init__(self, env, log_path):
-        self.port = int(env["PORT"])
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (the Procfile's own command)
-                procfile_web(),
-                cwd=HERE,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if call(self.port, "GET", "/health", timeout=5).status == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")
-
-    def log(self):
-        with open(self.log_path, encoding="utf-8", errors="replace") as file:
-            return file.read()
-
-    def stop(self):
-        group = self.process.pid  # start_new_session: the master leads its own group
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)  # any worker the master left behind
-
-
-def close_issuer(issuer):
-    issuer.server.shutdown()
-    issuer.server.server_close()
 
 
 DATABASE = "casting_agency"
 
 
 def migrated_cluster():
-    """initdb, a database, and the release phase's `flask db upgrade` on it; then
+    """initdb, a database, and the Procfile's release command on it; then
     stopped, to be copied by each stack (which saves seconds per stack)."""
     pg = Postgres()
     try:
         pg.init()
         pg.start()
         pg.create_database(DATABASE)
-        result = subprocess.run(  # noqa: S603 (the release phase's command)
-            [os.path.join(BIN, "flask"), "db", "upgrade"],
-            cwd=HERE,
-            env=server_env(testing.ISSUER_ON_LOOPBACK, pg.url(DATABASE)),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_procfile("release", server_env(testing.ISSUER_ON_LOOPBACK, pg.url(DATABASE)))
         if result.returncode != 0:
-            raise RuntimeError(f"flask db upgrade failed: {result.stdout}{result.stderr}")
+            raise RuntimeError(f"the release command failed: {result.stdout}{result.stderr}")
         tables = {row[0] for row in pg.query(DATABASE, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         if not {"actors", "movies", "castings", "alembic_version"} <= tables:
             raise RuntimeError(f"the migrations made only {sorted(tables)}")
@@ -375,8 +124,8 @@ class Stack:
     and removed, even when a later step fails."""
 
     def __init__(self, cleanup):
-        self.issuer = testing.Issuer()
-        cleanup(close_issuer, self.issuer)
+        self.issuer = Issuer(testing.ISSUER, testing.AUDIENCE)
+        cleanup(self.issuer.stop)
         self.pg = Postgres()
         cleanup(self.pg.close)
         self.pg.copy_of(_template)
@@ -737,14 +486,14 @@ class AccessLogTest(StackTestCase):
 
     def test_no_bearer_token_reaches_the_log(self):
         issuer = self.stack.issuer
-        permissions = testing.ROLES[PRODUCER]
+        permissions = ROLES[PRODUCER]
         good = issuer.role_token(PRODUCER)
         signature = good.rsplit(".", 1)[1]
         tampered = good.rsplit(".", 1)[0] + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
         tokens = {
             "valid": good,
             "tampered": tampered,
-            "forged": issuer.token(permissions, key=testing.rsa_key()),
+            "forged": issuer.token(permissions, key=rsa_key()),
             "expired": issuer.token(permissions, exp=int(time.time()) - 120),
             "wrong audience": issuer.token(permissions, aud="someone-else"),
             "HS256": issuer.token(permissions, key="a-shared-secret-of-32-bytes-or-more!", algorithm="HS256"),
