@@ -15,6 +15,7 @@ from select import POLLIN, poll
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
 from flask import Flask, current_app, g, request, url_for
+from flask.helpers import get_load_dotenv
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
@@ -85,8 +86,15 @@ def engine_options(url, pool_size):
 
 
 def load_config(app, test_config):
-    load_dotenv(os.path.join(app.root_path, ".env"))  # the environment wins over .env
-    env = os.environ
+    """The defaults, overridden by the environment, which wins over the .env
+    file; or, given a test's config, the defaults and that config alone, so that
+    no test depends on the machine's settings or on the checkout's .env. An
+    empty variable counts as unset, as in .env-sample."""
+    env = {}
+    if test_config is None:
+        if get_load_dotenv():  # FLASK_SKIP_DOTENV=1, Flask's own switch, skips .env here too
+            load_dotenv(os.path.join(app.root_path, ".env"))
+        env = {name: value for name, value in os.environ.items() if value}
     config = {
         "DATABASE_URL": env.get("DATABASE_URL") or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
         "DB_POOL_SIZE": int(env.get("DB_POOL_SIZE", 5)),

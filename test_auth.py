@@ -20,7 +20,7 @@ import jwt
 
 from app import create_app
 from auth import ROLES, JWKSKeys, role_permissions
-from loopback import Issuer, rsa_key
+from loopback import REPO, Issuer, clean_environment, rsa_key
 from models import Actor, Casting, Movie
 from testing import AUDIENCE, ISSUER, ApiTestCase, app_config, dispose
 
@@ -392,12 +392,10 @@ class LocalIssuerTest(unittest.TestCase):
         self.assertIn("configured issuer", result.stderr)
 
     def test_manage_py_prints_a_token(self):
-        env = {k: v for k, v in os.environ.items() if k not in ("AUTH0_DOMAIN", "JWKS_URL", "AUTH0_ISSUER")}
-        here = os.path.dirname(os.path.abspath(__file__))
         result = subprocess.run(  # noqa: S603 (our own script)
             [sys.executable, "manage.py", "token", "executive-producer"],
-            cwd=here,
-            env=env,
+            cwd=REPO,
+            env=clean_environment(),
             capture_output=True,
             text=True,
             timeout=60,

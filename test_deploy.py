@@ -4,12 +4,11 @@ without a token issuer."""
 import os
 import shlex
 import subprocess
-import sys
 import unittest
 
+from loopback import clean_environment
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.dirname(sys.executable)
-ISSUER_VARIABLES = ("AUTH0_DOMAIN", "AUTH0_ISSUER", "JWKS_URL", "API_AUDIENCE", "REQUIRE_ISSUER")
 
 
 def procfile():
@@ -18,10 +17,8 @@ def procfile():
 
 
 def run(command, **env):
-    clean = {k: v for k, v in os.environ.items() if k not in ISSUER_VARIABLES}
-    clean["PATH"] = BIN + os.pathsep + clean.get("PATH", "")
     return subprocess.run(  # noqa: S603 (the Procfile's own commands)
-        command, cwd=HERE, env={**clean, **env}, capture_output=True, text=True, timeout=120
+        command, cwd=HERE, env=clean_environment(**env), capture_output=True, text=True, timeout=120
     )
 
 
