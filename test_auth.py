@@ -322,16 +322,20 @@ class VerifiedTokenCacheTest(ApiTestCase):
                 self.assertLessEqual(len(verifier._verified), 3)
 
 
-class LocalIssuerTest(unittest.TestCase):
-    """No AUTH0_DOMAIN and no JWKS_URL: the app is its own issuer."""
+class LocalIssuerTest(ApiTestCase):
+    """No AUTH0_DOMAIN and no JWKS_URL: the app is its own issuer, its key in a
+    temporary instance folder. The suite's database, emptied after each test."""
 
     def setUp(self):
-        self.instance = tempfile.TemporaryDirectory()
-        self.addCleanup(self.instance.cleanup)
+        super().setUp()
+        instance = tempfile.TemporaryDirectory()
+        self.addCleanup(instance.cleanup)
+        self.instance = instance.name
 
-    def make_app(self, **config):
-        base = app_config(AUTH0_ISSUER=None, JWKS_URL=None, API_AUDIENCE=None, INSTANCE_PATH=self.instance.name)
-        return create_app({**base, **config})
+    def make_app(self):
+        app = create_app(app_config(AUTH0_ISSUER=None, JWKS_URL=None, API_AUDIENCE=None, INSTANCE_PATH=self.instance))
+        self.addCleanup(dispose, app)
+        return app
 
     def token(self, app, *args):
         result = app.test_cli_runner().invoke(args=["token", *args])
@@ -353,11 +357,10 @@ class LocalIssuerTest(unittest.TestCase):
                 self.assertEqual(response.status_code, 201 if "add:movies" in ROLES[role] else 403)
                 response = client.get("/actors", headers={"Authorization": f"Bearer {token}"})
                 self.assertEqual(response.status_code, 200)
-        dispose(app)
 
     def test_the_key_is_kept_private_and_reused(self):
         self.make_app()
-        path = os.path.join(self.instance.name, "local-issuer-key.pem")
+        path = os.path.join(self.instance, "local-issuer-key.pem")
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         first = self.make_app().extensions["auth"].keys.kid
         self.assertEqual(self.make_app().extensions["auth"].keys.kid, first)
@@ -386,7 +389,7 @@ class LocalIssuerTest(unittest.TestCase):
         self.assertEqual(response.get_json()["code"], "token_expired")
 
     def test_no_tokens_are_printed_when_a_real_issuer_is_configured(self):
-        app = create_app(app_config(INSTANCE_PATH=self.instance.name))
+        app = create_app(app_config(INSTANCE_PATH=self.instance))
         result = self.token(app, "casting-assistant")
         self.assertEqual(result.exit_code, 1)
         self.assertIn("configured issuer", result.stderr)
