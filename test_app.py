@@ -3,7 +3,10 @@ Endpoints, Errors). Authentication has its own module, test_auth.py."""
 
 import datetime
 import os
+import socket
 import tempfile
+import threading
+import time
 import unittest
 from unittest import mock
 
@@ -71,6 +74,14 @@ class IndexAndHealthTest(ApiTestCase):
         self.assertEqual(response.get_json(), {"success": True, "database": "ok"})
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 class HeadersTest(ApiTestCase):
     def test_security_headers_on_every_response(self):
         for method, path, role in (
@@ -81,9 +92,7 @@ class HeadersTest(ApiTestCase):
         ):
             with self.subTest(method, path=path, role=role):
                 response = self.call(method, path, role=role, json=ACTOR if method == "POST" else None)
-                self.assertEqual(response.headers["X-Content-Type-Options"], "nosniff")
-                self.assertEqual(response.headers["Cache-Control"], "no-store")
-                self.assertEqual(response.headers["X-Frame-Options"], "DENY")
+                self.assertEqual({name: response.headers.get(name) for name in SECURITY_HEADERS}, SECURITY_HEADERS)
 
 
 class RequestIdTest(ApiTestCase):
@@ -141,19 +150,38 @@ class NoCorsTest(ApiTestCase):
 
 
 class DatabaseDownTest(ApiTestCase):
-    """Nothing listens on port 1: the database is unreachable."""
+    """The database cannot be reached: every request is a JSON 503, soon."""
 
-    def setUp(self):
-        super().setUp()
-        self.down = create_app(app_config(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))
-        self.down_client = self.down.test_client()
+    def down_client(self, url):
+        app = create_app(app_config(DATABASE_URL=url))
+        self.addCleanup(dispose, app)
+        return app.test_client()
 
-    def test_health_is_503(self):
-        self.assertError(self.down_client.get("/health"), 503, "database is unavailable")
+    def test_a_refused_connection_is_503(self):
+        client = self.down_client("postgresql://nobody@127.0.0.1:1/none")  # nothing listens on port 1
+        self.assertError(client.get("/health"), 503, "database is unavailable")
+        with self.assertLogs("app", "WARNING"):  # one line, no traceback: a 503 is no bug
+            self.assertError(client.get("/actors", headers=self.headers()), 503, "database is unavailable")
 
-    def test_api_requests_are_503(self):
-        response = self.down_client.get("/actors", headers=self.headers())
-        self.assertError(response, 503, "database is unavailable")
+    def test_a_database_that_never_answers_is_503_after_5_seconds(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # the kernel accepts connections; nothing ever answers them
+        self.addCleanup(listener.close)
+        client = self.down_client(f"postgresql://nobody@127.0.0.1:{listener.getsockname()[1]}/none")
+        answers = []
+        started = time.monotonic()
+        # In a thread: without the timeout the request would wait for ever.
+        headers = self.headers()
+        request = threading.Thread(target=lambda: answers.append(client.get("/actors", headers=headers)), daemon=True)
+        with self.assertLogs("app", "WARNING"):
+            request.start()
+            request.join(timeout=15)
+        elapsed = time.monotonic() - started
+        self.assertEqual(len(answers), 1, f"no answer within {elapsed:.0f} s")
+        self.assertError(answers[0], 503, "database is unavailable")
+        self.assertGreater(elapsed, 4.5)  # the connect timeout, not a refusal, answered
+        self.assertLess(elapsed, 10)
 
 
 class ConnectionPoolTest(ApiTestCase):

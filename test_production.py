@@ -7,7 +7,11 @@ for itself, over real HTTP on 127.0.0.1.
   casting PUT many times at once, many POSTs at once; no 5xx, and the database
   holds what the answers said.
 * The access log: one line per request with its method, path, status and the
-  request id of the X-Request-ID header, and never a bearer token.
+  request id of the X-Request-ID header, and never a query string or a token.
+* The limits of a request: gunicorn lets every request the API allows through
+  (a long search, a token of many kilobytes), and a body over the limit is a
+  JSON 413 the client reads.
+* DB_POOL_SIZE: a hard cap on a worker's connections, however many requests wait.
 
 The module makes one PostgreSQL cluster with `initdb` in a temporary folder
 (as the `postgres` user when the tests run as root), creates a database and
@@ -21,13 +25,16 @@ cleanups, also when a test fails.
 """
 
 import concurrent.futures
+import json
 import os
 import re
 import time
 import unittest
+import urllib.parse
 import uuid
 
 import testing
+from app import create_app
 from auth import ROLES
 from loopback import (
     CAN_RUN_POSTGRES,
@@ -538,6 +545,89 @@ class AccessLogTest(StackTestCase):
                     self.assertFalse(claims in log, f"the {label} token's claims are in the log")
         self.assertFalse("eyJ" in log, "something like a JWT (eyJ...) is in the log")  # how every JWT header starts
         self.assertIsNone(re.search(r"(?i)bearer\s+\S", log), "a bearer credential is in the log")
+
+
+# --- 4. the limits of a request ---------------------------------------------------------
+
+
+@needs_postgres
+class RequestLimitsTest(StackTestCase):
+    """gunicorn's own limits (gunicorn.conf.py) let every request through that
+    the API allows, and the app's 413 reaches the client through gunicorn."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack(cls.addClassCleanup)
+
+    def test_gunicorns_limits_let_the_apis_requests_through(self):
+        searched = urllib.parse.quote("\U0001f3ac" * 200)  # 200 characters of 4 bytes: 2,400 bytes encoded
+        self.assertEqual(len(searched), 2400)
+        # Many permissions and claims: 12 kB, over gunicorn's default of 8,190 bytes a header.
+        big_token = self.stack.issuer.token(ROLES[PRODUCER], metadata="x" * 8500)
+        self.assertGreater(len(big_token), 12000)
+        huge_token = self.stack.issuer.token(ROLES[PRODUCER], metadata="x" * 13000)  # over 16,384 bytes
+        # Unknown parameters are ignored: they fill a request line to a length.
+        padded = "/actors?per_page=100&q=" + searched + "&pad="
+        cases = [  # (path, token, status, who answers)
+            ("/actors?per_page=100&q=" + searched, self.stack.token, 200, "the API"),
+            (padded + "x" * (8000 - len(padded)), self.stack.token, 200, "the API"),  # over gunicorn's default 4,094
+            (padded + "x" * (8200 - len(padded)), self.stack.token, 414, "gunicorn"),  # over gunicorn.conf.py's 8,190
+            ("/actors", big_token, 200, "the API"),
+            ("/actors", huge_token, 431, "gunicorn"),
+        ]
+        for path, token, status, answering in cases:
+            with self.subTest(path=len(path), token=len(token)):
+                reply = self.call("GET", path, token=token)
+                self.assertEqual(reply.status, status, reply)
+                # gunicorn's own refusals are HTML: no request the API allows may meet them.
+                json_answer = reply.headers.get_content_type() == "application/json"
+                self.assertEqual(json_answer, answering == "the API", reply)
+
+    def test_a_body_over_the_limit_is_a_json_413_the_client_reads(self):
+        # 32 MiB: more than the sockets buffer, so the client only sees the answer if the app reads the body.
+        body = json.dumps(actor("x" * (32 * 1024 * 1024))).encode()
+        reply = self.call("POST", "/actors", body, headers={"Content-Type": "application/json"})
+        self.assertIn("larger than 1048576 bytes", self.assertEnvelope(reply, 413)["message"])
+        self.assertEqual(self.stack.query("SELECT count(*) FROM actors WHERE length(name) > 1000"), [(0,)])
+
+
+# --- 5. the connection pool --------------------------------------------------------------
+
+
+@needs_postgres
+class ConnectionPoolTest(unittest.TestCase):
+    def test_db_pool_size_is_a_hard_cap_under_concurrent_requests(self):
+        # A worker (here, the app in this process) serving many requests at
+        # once never opens more than DB_POOL_SIZE connections: the others wait.
+        pg = Postgres()
+        self.addCleanup(pg.close)
+        pg.copy_of(_template)
+        pg.start()
+        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2))
+        self.addCleanup(testing.dispose, app)
+        headers = {"Authorization": f"Bearer {testing.ISSUER_ON_LOOPBACK.role_token(PRODUCER)}"}
+
+        def connections(locker_pid):
+            """The app's connections to the database now."""
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)"
+            return pg.query(DATABASE, sql, (DATABASE, locker_pid))[0][0]
+
+        with pg.connect(DATABASE) as locker, locker.cursor() as cursor:
+            # Every request's SELECT waits for this lock, holding its connection.
+            cursor.execute("SELECT pg_backend_pid()")
+            locker_pid = cursor.fetchone()[0]
+            cursor.execute("LOCK TABLE actors IN ACCESS EXCLUSIVE MODE")
+            with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+                replies = [pool.submit(lambda: app.test_client().get("/actors", headers=headers)) for _ in range(8)]
+                seen = []
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    seen.append(connections(locker_pid))
+                    time.sleep(0.1)
+                locker.rollback()  # the lock goes: every request is served, in turn
+                statuses = [reply.result(timeout=30).status_code for reply in replies]
+        self.assertEqual(max(seen), 2, seen)
+        self.assertEqual(statuses, [200] * 8)
 
 
 if __name__ == "__main__":
