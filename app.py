@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import uuid
 from select import POLLIN, poll
 
+import psycopg2
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
 from flask import Flask, current_app, g, request, url_for
@@ -597,7 +599,8 @@ def register_error_handlers(app):
 
     @app.errorhandler(DBAPIError)
     def database_error(e):
-        if e.connection_invalidated or isinstance(e.orig, _unreachable_errors()):
+        if e.connection_invalidated or connection_lost_or_refused(e.orig):
+            # No bug to trace: the service recovers when the database is back.
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
         app.logger.exception("database error, request_id=%s", g.get("request_id"))
@@ -610,17 +613,25 @@ def register_error_handlers(app):
         return error_response(InternalServerError())
 
 
-def _unreachable_errors():
-    import sqlite3
+# PostgreSQL's answers that mean "not now": the server is shutting down,
+# starting up, or has no connection to spare.
+_SERVER_UNAVAILABLE = ("57P01", "57P02", "57P03", "53300")
 
-    errors = (sqlite3.OperationalError,)
-    try:
-        import psycopg2
 
-        errors += (psycopg2.OperationalError, psycopg2.InterfaceError)
-    except ImportError:  # pragma: no cover
-        pass
-    return errors
+def connection_lost_or_refused(error):
+    """Whether a driver's error means the database cannot be reached (a 503):
+    a refused, timed out or lost connection. Anything else the database said (a
+    missing table, a cancelled statement, a serialization failure) is a bug or a
+    conflict to see in the log: a 500."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
+    if isinstance(error, psycopg2.InterfaceError):  # a connection already closed
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        if error.pgcode is None:  # libpq's own error, with no SQLSTATE: refused, timed out or lost
+            return type(error) is psycopg2.OperationalError
+        return error.pgcode.startswith("08") or error.pgcode in _SERVER_UNAVAILABLE  # 08: connection exception
+    return False
 
 
 def refuse_oversized_body():

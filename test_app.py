@@ -4,15 +4,18 @@ Endpoints, Errors). Authentication has its own module, test_auth.py."""
 import datetime
 import os
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
 import unittest
 from unittest import mock
 
+import psycopg2
+import psycopg2.errors
 from flask import Flask
 from sqlalchemy import delete, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import app as application
 from app import create_app, database_url, load_config
@@ -794,11 +797,90 @@ class UnexpectedErrorTest(ApiTestCase):
         self.assertNotIn("SELECT", str(body))
         self.assertIn("Traceback", "\n".join(logs.output))  # the server log keeps it
 
-    def test_database_errors_are_json_and_roll_back(self):
-        lost = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
-        lost.connection_invalidated = True
-        with mock.patch("app.Listing.page", side_effect=lost), self.assertLogs("app", "WARNING"):
-            self.assertError(self.call("GET", "/actors"), 503, "database is unavailable")
+
+def sqlite_error(database, sql="SELECT 1"):
+    """A real error of the sqlite3 module, with its error code."""
+    try:
+        sqlite3.connect(database).execute(sql)
+    except sqlite3.Error as error:
+        return error
+    raise AssertionError(f"{sql} on {database} worked")
+
+
+# A driver's error that a request meets: (what, the error, status). Only a
+# refused or lost connection is a 503; the rest is a bug or a conflict, a 500.
+DRIVER_ERRORS = [
+    ("SQLite: no such table", sqlite_error(":memory:", "SELECT * FROM nope"), 500),
+    ("SQLite: the file cannot be opened", sqlite_error("/no/such/folder/casting.db"), 503),
+    ("psycopg2: refused", psycopg2.OperationalError('connection to server at "127.0.0.1" failed: refused'), 503),
+    ("psycopg2: lost", psycopg2.OperationalError("server closed the connection unexpectedly"), 503),
+    ("psycopg2: closed", psycopg2.InterfaceError("connection already closed"), 503),
+    ("psycopg2: cancelled", psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"), 500),
+    ("psycopg2: serialization", psycopg2.errors.SerializationFailure("could not serialize access"), 500),
+    ("psycopg2: deadlock", psycopg2.errors.DeadlockDetected("deadlock detected"), 500),
+]
+
+# What a PostgreSQL server answers, by SQLSTATE (on a PostgreSQL test run).
+SERVER_ERRORS = [
+    ("57014", 500),  # query_canceled
+    ("40001", 500),  # serialization_failure
+    ("40P01", 500),  # deadlock_detected
+    ("42P01", 500),  # undefined_table
+    ("57P01", 503),  # admin_shutdown: the server ends the connection
+    ("57P03", 503),  # cannot_connect_now: starting up or shutting down
+    ("08006", 503),  # connection_failure
+    ("53300", 503),  # too_many_connections
+]
+
+
+class DatabaseErrorTest(ApiTestCase):
+    def assertAnswer(self, error, status):
+        """A request meeting `error` answers `status`: a 503 logged in one line,
+        a 500 with its traceback."""
+        with mock.patch("app.Listing.page", side_effect=error), self.assertLogs("app", "WARNING") as logs:
+            response = self.call("GET", "/actors")
+        log = "\n".join(logs.output)
+        if status == 503:
+            self.assertError(response, 503, "the database is unavailable")
+            self.assertEqual([record.levelname for record in logs.records], ["WARNING"])
+            self.assertNotIn("Traceback", log)
+        else:
+            self.assertError(response, 500, "internal server error")
+            self.assertIn("Traceback", log)
+
+    def test_only_a_refused_or_lost_connection_is_503(self):
+        for what, error, status in DRIVER_ERRORS:
+            with self.subTest(what):
+                base = psycopg2.Error if isinstance(error, psycopg2.Error) else sqlite3.Error
+                self.assertAnswer(DBAPIError.instance("SELECT 1", {}, error, base), status)
+
+    def test_a_connection_sqlalchemy_saw_lost_is_503(self):
+        # psycopg2 reports some losses as a bare DatabaseError; SQLAlchemy knows them by their message.
+        error = psycopg2.DatabaseError("SSL SYSCALL error: EOF detected")
+        self.assertAnswer(DBAPIError.instance("SELECT 1", {}, error, psycopg2.Error, connection_invalidated=True), 503)
+
+    def test_postgresql_server_errors_by_sqlstate(self):
+        if self.app.extensions["statements"].dialect.name != "postgresql":
+            self.skipTest("the SQLSTATEs of a PostgreSQL server; psycopg2's classes are tested on every run")
+        for sqlstate, status in SERVER_ERRORS:
+            with self.subTest(sqlstate):
+                statement = text(f"DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END $$")
+
+                def fail(*args, statement=statement, **kwargs):
+                    with self.app.app_context():
+                        application.run(statement)  # a real error of the server, through SQLAlchemy
+
+                self.assertAnswer(fail, status)
+
+    def test_a_database_without_tables_is_500(self):
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        app = create_app(app_config(DATABASE_URL=f"sqlite:///{folder.name}/empty.db"))
+        self.addCleanup(dispose, app)
+        with self.assertLogs("app", "ERROR") as logs:
+            response = app.test_client().get("/actors", headers=self.headers())
+        self.assertError(response, 500)
+        self.assertIn("no such table", "\n".join(logs.output))
 
 
 AN_ISSUER = {"AUTH0_DOMAIN": "tenant.eu.auth0.com", "API_AUDIENCE": "casting-agency"}
