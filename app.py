@@ -129,15 +129,32 @@ def load_config(app, test_config):
 class IdConverter(BaseConverter):
     """A resource id in a path. Any run of digits matches, so an id too large for
     the database is a 404 from the handler (after authentication), whatever the
-    method; Werkzeug's `int` would refuse it and the router would answer 405."""
+    method; Werkzeug's `int` would refuse it and the router would answer 405.
+    The id stays the number sent, so that the 404 names it."""
 
     regex = r"[0-9]+"
 
     def to_python(self, value):
-        return int(value) if len(value) <= 18 else MAX_ID + 1
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits())
+            return HugeId(value)
 
     def to_url(self, value):
         return str(value)
+
+
+class HugeId(int):
+    """An id of more digits than Python converts: past any row's, and printed
+    as it was sent."""
+
+    def __new__(cls, digits):
+        huge = super().__new__(cls, MAX_ID + 1)
+        huge.digits = digits
+        return huge
+
+    def __str__(self):
+        return self.digits
 
 
 def _not_json(constant):

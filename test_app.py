@@ -555,12 +555,26 @@ class ItemTest(ApiTestCase):
                 self.assertEqual(self.rows(res["model"]), [])
 
     def test_missing_and_impossible_ids_are_404_for_every_method(self):
+        ids = [  # (as sent, as the 404 names it)
+            *((str(n), str(n)) for n in (0, 424242, MAX_ID, MAX_ID + 1, 2**63, 99999999999999999999, 10**40)),
+            ("00000000000000000000000000001234", "1234"),
+            ("9" * 5000, "9" * 5000),  # more digits than Python's int() takes
+        ]
         for res in RESOURCES:
-            for item_id in (0, 424242, MAX_ID, MAX_ID + 1, 2**63, 10**40, "00000000000000000000000000001234"):
+            for sent, named in ids:
                 for method, body in (("GET", None), ("PATCH", res["edit"]), ("DELETE", None)):
-                    with self.subTest(res["plural"], id=item_id, method=method):
-                        response = self.call(method, f"/{res['plural']}/{item_id}", json=body)
-                        self.assertError(response, 404)
+                    with self.subTest(res["plural"], id=sent[:30], method=method):
+                        response = self.call(method, f"/{res['plural']}/{sent}", json=body)
+                        error = self.assertError(response, 404)
+                        self.assertEqual(error["message"], f"{res['singular']} {named} not found")
+        huge = "9" * 20
+        for method, path, message in (
+            ("GET", f"/movies/{huge}/actors", f"movie {huge} not found"),
+            ("GET", f"/actors/{huge}/movies", f"actor {huge} not found"),
+            ("PUT", f"/movies/{huge}/actors/{huge}", f"movie {huge} not found"),
+        ):
+            with self.subTest(method, path=path):
+                self.assertEqual(self.assertError(self.call(method, path), 404)["message"], message)
 
     def test_non_numeric_ids_are_404(self):
         for path in ("/actors/abc", "/actors/-1", "/actors/1.5", "/movies/1e3", "/movies/%201"):
