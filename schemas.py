@@ -103,21 +103,28 @@ def _us_date_pattern():
 
 US_DATE_PATTERN = _us_date_pattern()
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+# A whole number up to this reads as a year, not as seconds (1995 is not 1970-01-01).
+LAST_YEAR_LIKE = 9999
 RELEASE_DATE_FORMS = (
     "`YYYY-MM-DD`; an ISO 8601 date-time such as `2021-10-15T23:30:00-08:00` (the date as written, with no "
     "conversion to UTC; a space for the `T`, and no seconds or offset, are accepted too); `M/D/YYYY`; or a "
-    "whole number of Unix epoch seconds, read in UTC. From 0001-01-01 to 9999-12-31. "
-    "Always returned as `YYYY-MM-DD`."
+    "whole number of Unix epoch seconds, read in UTC, but not one from 0 to 9999, which reads as a year. "
+    "From 0001-01-01 to 9999-12-31. Always returned as `YYYY-MM-DD`."
 )
 RELEASE_DATE_SCHEMA = {
     "anyOf": [
         {"type": "string", "format": "date"},
         {"type": "string", "format": "date-time"},
         {"type": "string", "pattern": US_DATE_PATTERN},
-        {"type": "integer", "minimum": FIRST_DAY_SECONDS, "maximum": LAST_DAY_SECONDS},
+        {"type": "integer", "minimum": FIRST_DAY_SECONDS, "maximum": -1},
+        {"type": "integer", "minimum": LAST_YEAR_LIKE + 1, "maximum": LAST_DAY_SECONDS},
     ],
     "description": RELEASE_DATE_FORMS,
 }
+# Every malformed date gets this one hint, whatever its form.
+NOT_A_DATE = (
+    "Not a valid date: use YYYY-MM-DD, an ISO 8601 date-time, M/D/YYYY or a whole number of Unix epoch seconds."
+)
 
 
 def _check_time(hour, minute, second, offset_hour, offset_minute):
@@ -139,11 +146,14 @@ def parse_release_date(value):
                 month, day, year = map(int, match.groups())
                 return date(year, month, day)
         except ValueError:
-            raise ValidationError("Not a valid date.") from None
-        raise ValidationError("Not a valid date: use one of " + RELEASE_DATE_FORMS)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError("Not a valid date: use one of " + RELEASE_DATE_FORMS)
-    seconds = whole_number(value)
+            pass  # the form, but no such day or time
+        raise ValidationError(NOT_A_DATE)
+    try:
+        seconds = whole_number(value)
+    except ValidationError:
+        raise ValidationError(NOT_A_DATE) from None
+    if 0 <= seconds <= LAST_YEAR_LIKE:
+        raise ValidationError(f"{seconds} reads as a year, not as Unix epoch seconds: send the date, as YYYY-MM-DD.")
     if not FIRST_DAY_SECONDS <= seconds <= LAST_DAY_SECONDS:
         raise ValidationError("Epoch seconds outside 0001-01-01..9999-12-31.")
     return (EPOCH + timedelta(seconds=seconds)).date()

@@ -389,11 +389,16 @@ RELEASE_DATE_CASES = [
     ("2/26/1996", datetime.date(1996, 2, 26)),
     ("12/31/1999", datetime.date(1999, 12, 31)),
     ("02/06/2004", datetime.date(2004, 2, 6)),
-    (0, datetime.date(1970, 1, 1)),
     (1095641244, datetime.date(2004, 9, 20)),
     (1095641244.0, datetime.date(2004, 9, 20)),
     (1041244, datetime.date(1970, 1, 13)),
+    (10000, datetime.date(1970, 1, 1)),
+    (-1, datetime.date(1969, 12, 31)),
     (-86400, datetime.date(1969, 12, 31)),
+    (0, None),  # 0 to 9999 read as years, not as seconds
+    (1995, None),
+    (1995.0, None),
+    (9999, None),
     (-62135596800, datetime.date(1, 1, 1)),
     (253402300799, datetime.date(9999, 12, 31)),
     (253402300800, None),
@@ -457,6 +462,23 @@ class ValidationTest(ApiTestCase):
                         self.assertEqual(result["movie"]["release_date"], stored.isoformat())
                         row = next(r for r in self.rows(Movie) if r["id"] == result["movie"]["id"])
                         self.assertEqual(row["release_date"], stored)
+
+    def test_every_malformed_date_gets_the_same_hint(self):
+        hint = (
+            "Not a valid date: use YYYY-MM-DD, an ISO 8601 date-time, M/D/YYYY or a whole number of Unix epoch seconds."
+        )
+        cases = [  # (release_date as sent, the message)
+            *((value, hint) for value in ("15/10/2021", "Oct 15, 2021", "2021-02-30", "2021-10-15T25:00:00", "")),
+            *((value, hint) for value in ("1095641244", 1095641244.5, True, [2021, 10, 15], {"date": "2021-10-15"})),
+            (1995, "1995 reads as a year, not as Unix epoch seconds: send the date, as YYYY-MM-DD."),
+            (0, "0 reads as a year, not as Unix epoch seconds: send the date, as YYYY-MM-DD."),
+            (253402300800, "Epoch seconds outside 0001-01-01..9999-12-31."),
+        ]
+        for value, message in cases:
+            with self.subTest(value=value):
+                error = self.assertError(self.call("POST", "/movies", json={**MOVIE, "release_date": value}), 422)
+                self.assertEqual(error["errors"], {"release_date": [message]})
+        self.assertEqual(self.rows(Movie), [])
 
     def test_title_limits(self):
         self.assertEqual(self.call("POST", "/movies", json={**MOVIE, "title": "t" * 200}).status_code, 201)
