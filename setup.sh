@@ -34,12 +34,11 @@ fi
 
 export FLASK_APP=app
 flask=.venv/bin/flask
-# A set-up step's output, less Alembic's INFO lines and the local issuer's
-# start-up warning (the server prints that one when it starts).
+# A set-up step's output, less Alembic's INFO lines.
 quietly() {
   local out
   out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
-  echo "$out" | grep -v -e '^INFO' -e 'LOCAL ISSUER IN USE' || true
+  echo "$out" | grep -v -e '^INFO' || true
 }
 echo "== upgrading the database"
 quietly "$flask" db upgrade
@@ -55,7 +54,7 @@ if "$flask" token casting-assistant >/dev/null 2>&1; then
   echo "== tokens from the local issuer (valid 24 h; 'flask token ROLE' prints more):"
   for role in casting-assistant casting-director executive-producer; do
     var=$(echo "$role" | tr a-z- A-Z_)
-    echo "export ${var}_TOKEN=$("$flask" token "$role" 2>/dev/null)"
+    echo "export ${var}_TOKEN=$("$flask" token "$role")"
   done
 else
   echo "== tokens come from your Auth0 tenant (see the README)"

@@ -17,6 +17,8 @@ import unittest
 from unittest import mock
 
 import jwt
+from click.testing import CliRunner
+from flask.cli import FlaskGroup
 
 from app import create_app
 from auth import ROLES, JWKSKeys, role_permissions
@@ -394,7 +396,21 @@ class LocalIssuerTest(ApiTestCase):
         self.assertEqual(result.exit_code, 1)
         self.assertIn("configured issuer", result.stderr)
 
-    def test_manage_py_prints_a_token(self):
+    def test_only_a_server_warns_that_the_local_issuer_is_in_use(self):
+        cli = FlaskGroup(create_app=self.make_app, load_dotenv=False)  # as `flask` and manage.py make it
+        cases = [  # (command, whether the warning is logged)
+            (["token", "casting-assistant"], False),  # it exists to mint local tokens
+            (["seed", "--help"], False),
+            (["run"], True),  # the development server
+        ]
+        for arguments, warns in cases:
+            with self.subTest(arguments), mock.patch.dict(os.environ), mock.patch("flask.cli.run_simple") as serve:
+                with self.assertLogs("app", "WARNING") if warns else self.assertNoLogs("app", "WARNING"):
+                    result = CliRunner().invoke(cli, arguments)
+                self.assertEqual(result.exit_code, 0, result.output)
+                self.assertEqual(serve.called, arguments == ["run"])
+
+    def test_manage_py_prints_a_token_and_nothing_else(self):
         result = subprocess.run(  # noqa: S603 (our own script)
             [sys.executable, "manage.py", "token", "executive-producer"],
             cwd=REPO,
@@ -404,6 +420,8 @@ class LocalIssuerTest(ApiTestCase):
             timeout=60,
             check=True,
         )
+        self.assertEqual(result.stderr, "")
+        self.assertEqual(result.stdout.count("\n"), 1)
         claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
         self.assertEqual(claims["permissions"], ROLES["Executive Producer"])
 
