@@ -5,14 +5,17 @@ live and Heroku keeps the previous release serving. And ./setup.sh's answer
 when its database cannot be reached."""
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import unittest
+from unittest import mock
 
 from alembic.script import ScriptDirectory
 
+import loopback
 from loopback import REPO, Postgres, clean_environment, needs_postgres, run_procfile
 
 AN_AUTH0_TENANT = {"AUTH0_DOMAIN": "tenant.eu.auth0.com", "API_AUDIENCE": "casting-agency"}
@@ -116,3 +119,102 @@ class SetupTest(unittest.TestCase):
                 self.assertTrue(result.stderr.startswith("setup.sh: "), result.stderr)
                 self.assertIn(says, result.stderr)
                 self.assertNotIn("running the tests", result.stdout)
+
+
+FAKE_TOOL = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$CALLS"
+exit "${EXIT:-0}"
+"""
+# The environment each call of ./setup.sh saw, one line per call.
+FAKE_SETUP = """#!/usr/bin/env bash
+echo "setup.sh $* REQUIRE_POSTGRES=${REQUIRE_POSTGRES:-} REQUIRE_BROWSER=${REQUIRE_BROWSER:-}\
+ TEST_DATABASE_URL=${TEST_DATABASE_URL:-}" >> "$CALLS"
+"""
+
+
+class CiScriptTest(unittest.TestCase):
+    """.ci/run, in a folder of its own where ./setup.sh, ruff and the system's
+    tools are fakes that record their calls: what it runs, with what it
+    exports, and that it stops, saying why, when PostgreSQL does not come up."""
+
+    def ci_run(self, pg_isready=0, pg_ctlcluster=0):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        calls = os.path.join(folder, "calls")
+
+        def fake(path, text, **env):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as file:
+                file.write(text.replace("${EXIT:-0}", str(env.get("EXIT", 0))))
+            os.chmod(path, 0o700)
+
+        os.makedirs(os.path.join(folder, ".ci"))
+        shutil.copy(os.path.join(REPO, ".ci", "run"), os.path.join(folder, ".ci", "run"))
+        fake(os.path.join(folder, "setup.sh"), FAKE_SETUP)
+        fake(os.path.join(folder, ".venv", "bin", "ruff"), FAKE_TOOL)
+        for tool, exit_code in (("pg_isready", pg_isready), ("pg_ctlcluster", pg_ctlcluster)):
+            fake(os.path.join(folder, "bin", tool), FAKE_TOOL, EXIT=exit_code)
+        for tool in ("sleep", "chromium", "psql", "apt-get"):
+            fake(os.path.join(folder, "bin", tool), FAKE_TOOL)
+        env = {"PATH": os.path.join(folder, "bin") + ":/usr/bin:/bin", "CALLS": calls, "HOME": folder}
+        result = subprocess.run(  # noqa: S603 (the CI script, in a folder of fakes)
+            [shutil.which("bash"), ".ci/run"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
+        with open(calls) as file:
+            return result, [line for line in file.read().splitlines() if not line.startswith(("sleep", "pg_isready"))]
+
+    def test_it_runs_the_suite_on_sqlite_and_on_postgresql_in_reverse_with_nothing_skipped(self):
+        result, calls = self.ci_run()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        required = "REQUIRE_POSTGRES=1 REQUIRE_BROWSER=1"
+        self.assertEqual(
+            calls,
+            [
+                f"setup.sh test {required} TEST_DATABASE_URL=",
+                "ruff check .",
+                "ruff format --check .",
+                "psql -q -h 127.0.0.1 -U postgres -d postgres -c DROP DATABASE IF EXISTS casting_agency_ci "
+                "-c CREATE DATABASE casting_agency_ci",
+                f"setup.sh test --reverse {required} "
+                "TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/casting_agency_ci",
+            ],
+        )
+
+    def test_it_stops_when_postgresql_does_not_come_up(self):
+        cases = [  # (pg_isready's exit code, pg_ctlcluster's, what the one line says)
+            (2, 0, "PostgreSQL did not answer on 127.0.0.1:5432 within 30 s"),
+            (2, 1, "did not start"),
+        ]
+        for pg_isready, pg_ctlcluster, says in cases:
+            with self.subTest(pg_ctlcluster=pg_ctlcluster):
+                result, calls = self.ci_run(pg_isready=pg_isready, pg_ctlcluster=pg_ctlcluster)
+                self.assertEqual(result.returncode, 1)
+                self.assertIn(says, result.stderr)
+                self.assertEqual([call for call in calls if not call.startswith("pg_ctlcluster")], [])
+
+
+class NeedsPostgresTest(unittest.TestCase):
+    """loopback.needs_postgres: a machine without PostgreSQL's server programs
+    skips the tests that start their own cluster, unless REQUIRE_POSTGRES says
+    they must run: then they fail, and say why."""
+
+    def outcome(self, can_run, environment):
+        class Probe(unittest.TestCase):
+            def test_probe(self):
+                pass
+
+        with mock.patch("loopback.CAN_RUN_POSTGRES", can_run), mock.patch.dict(os.environ, environment, clear=True):
+            result = unittest.TestResult()
+            unittest.defaultTestLoader.loadTestsFromTestCase(loopback.needs_postgres(Probe)).run(result)
+        return result
+
+    def test_skipped_or_failed_as_required(self):
+        ran = self.outcome(True, {"REQUIRE_POSTGRES": "1"})
+        self.assertEqual((ran.testsRun, ran.skipped, ran.errors), (1, [], []))
+        skipped = self.outcome(False, {})
+        self.assertEqual(len(skipped.skipped), 1)
+        for environment in ({"REQUIRE_POSTGRES": "1"}, {"CI": "true"}):
+            with self.subTest(environment):
+                failed = self.outcome(False, environment)
+                self.assertEqual((failed.skipped, len(failed.errors)), ([], 1))
+                self.assertIn("initdb", failed.errors[0][1])
