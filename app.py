@@ -162,7 +162,7 @@ def _not_json(constant):
 
 
 class BodyParser(FlaskParser):
-    """Reads a JSON body with the SPEC's statuses: no body 400, not JSON 415,
+    """Reads a JSON body with the README's statuses: no body 400, not JSON 415,
     malformed JSON (NaN and Infinity included) or not an object 400."""
 
     def load_json(self, req, schema):
@@ -196,7 +196,7 @@ class SchemaPlugin(MarshmallowPlugin):
 
 
 class CastingApi(Api):
-    ERROR_SCHEMA = schemas.ErrorSchema  # the SPEC's envelope, in the description too
+    ERROR_SCHEMA = schemas.ErrorSchema  # the error envelope, in the description too
 
 
 def protected(blp, permission):

@@ -30,7 +30,7 @@ import click
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import current_app, g, request
+from flask import current_app, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
 
@@ -266,11 +266,8 @@ def requires_auth(permission):
             permissions = claims.get("permissions")
             if not isinstance(permissions, list) or permission not in permissions:
                 raise Forbidden(f"permission '{permission}' is required")
-            g.claims = claims
             return view(*args, **kwargs)
 
-        # Read by the OpenAPI description (see app.py).
-        wrapper.permission = permission
         return wrapper
 
     return decorator
