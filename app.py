@@ -5,6 +5,7 @@ Actors and movies are two instances of one resource implementation
 """
 
 import functools
+import http
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
+from flask_smorest.utils import prepare_response
 from flask_swagger_ui import get_swaggerui_blueprint
 from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, SQLAlchemyError
@@ -198,6 +200,45 @@ class SchemaPlugin(MarshmallowPlugin):
 class CastingApi(Api):
     ERROR_SCHEMA = schemas.ErrorSchema  # the error envelope, in the description too
 
+    def _register_responses(self):
+        """flask-smorest's error responses (one per status, and the default),
+        each with an example of its own status: Swagger UI would show a made-up
+        `"error": 0`."""
+        for status in http.HTTPStatus:
+            response = {"description": status.phrase}
+            if status >= 400:
+                response.update(schema=self.ERROR_SCHEMA, example=error_example(status))
+            prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Any other error", "schema": self.ERROR_SCHEMA, "example": error_example(500)}
+        prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+    def _register_pagination_header(self):
+        """Nothing: the lists carry their pages in the body, not in flask-smorest's
+        X-Pagination header, whose schema would only puzzle a reader of /docs."""
+
+
+# What /docs shows for an error of each status: an answer the API gives.
+ERROR_EXAMPLES = {
+    400: {
+        "message": "invalid query parameters: per_page: Must be greater than or equal to 1 and less than or "
+        "equal to 100.",
+        "errors": {"per_page": ["Must be greater than or equal to 1 and less than or equal to 100."]},
+    },
+    401: {"message": "authorization header is missing", "code": "authorization_header_missing"},
+    413: {"message": "the body is larger than 1048576 bytes"},
+    415: {"message": "the body must be sent as application/json"},
+    422: {"message": "invalid fields: age: Not a whole number.", "errors": {"age": ["Not a whole number."]}},
+    503: {"message": "the database is unavailable"},
+}
+
+
+def error_example(status, **fields):
+    """An error envelope of this status, for the OpenAPI description."""
+    message = MESSAGES.get(status) or http.HTTPStatus(status).phrase.lower()
+    return {"success": False, "error": int(status), "message": message, **(fields or ERROR_EXAMPLES.get(status, {}))}
+
 
 def protected(blp, permission):
     """requires_auth(permission), and the same fact in the OpenAPI description:
@@ -210,7 +251,8 @@ def protected(blp, permission):
             description=f"Needs a bearer token with the `{permission}` permission.",
             **{"x-permission": permission},
         )(view)
-        documented = documented_errors(blp, 401, 403, 503)(documented)
+        forbidden = error_example(403, message=f"permission '{permission}' is required")
+        documented = documented_errors(blp, 401, 403, 503, examples={403: forbidden})(documented)
         return requires_auth(permission)(documented)
 
     return decorator
@@ -230,12 +272,14 @@ def fetch(blp, model, key):
     return decorator
 
 
-def documented_errors(blp, *statuses):
-    """Document error answers of an operation, each in the error envelope."""
+def documented_errors(blp, *statuses, examples=None):
+    """Document error answers of an operation, each in the error envelope, with
+    an example (`examples` by status, else error_example's)."""
 
     def decorator(view):
         for status in statuses:
-            view = blp.alt_response(status, schema=schemas.ErrorSchema)(view)
+            example = (examples or {}).get(status) or error_example(status)
+            view = blp.alt_response(status, schema=schemas.ErrorSchema, example=example)(view)
         return view
 
     return decorator
@@ -246,7 +290,8 @@ def json_body(blp, schema, **kwargs):
 
     def decorator(view):
         # An instance, not the class: webargs would build a schema per request.
-        return documented_errors(blp, 400, 413, 415)(blp.arguments(schema(), **kwargs)(view))
+        not_json = error_example(400, message="the body is not valid JSON")
+        return documented_errors(blp, 400, 413, 415, examples={400: not_json})(blp.arguments(schema(), **kwargs)(view))
 
     return decorator
 

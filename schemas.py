@@ -18,6 +18,12 @@ from marshmallow import (
 # --- fields -------------------------------------------------------------------
 
 
+def example(value):
+    """A field's example in the OpenAPI description, in the style of the sample
+    data: what /docs shows, and what its "Try it out" sends."""
+    return {"examples": [value]}
+
+
 # Whitespace as JSON Schema's regular expressions (ECMA-262) define `\s`, spelled
 # out so that Python and every validator of the description agree on it
 # (Python's own `\s` and str.strip() also count U+001C..U+001F, not U+FEFF).
@@ -30,11 +36,12 @@ class Text(fields.String):
     character, stored trimmed. U+0000 and unpaired surrogates are refused: no
     database stores them."""
 
-    def __init__(self, max_length, **kwargs):
+    def __init__(self, max_length, example_value, **kwargs):
         super().__init__(
             validate=validate.Length(min=1, max=max_length),
-            # One non-whitespace character, and no U+0000 anywhere.
-            metadata={"pattern": f"^[^\\x00]*[^{WHITESPACE}\\x00][^\\x00]*$"},
+            # One non-whitespace character, and no U+0000 anywhere. The example,
+            # or Swagger UI makes one up from the pattern.
+            metadata={"pattern": f"^[^\\x00]*[^{WHITESPACE}\\x00][^\\x00]*$", **example(example_value)},
             **kwargs,
         )
 
@@ -164,7 +171,7 @@ class ReleaseDate(fields.Field):
     the forms it accepts."""
 
     def __init__(self, **kwargs):
-        super().__init__(metadata=RELEASE_DATE_SCHEMA, **kwargs)
+        super().__init__(metadata={**RELEASE_DATE_SCHEMA, **example("2021-10-15")}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         return parse_release_date(value)
@@ -179,7 +186,7 @@ class ReleaseDate(fields.Field):
 class ResourceSchema(Schema):
     """A writable resource: `id` is assigned by the server, ignored in a body."""
 
-    id = fields.Integer(dump_only=True)
+    id = fields.Integer(dump_only=True, metadata=example(1))
 
     @pre_load
     def drop_id(self, data, **kwargs):
@@ -189,13 +196,13 @@ class ResourceSchema(Schema):
 
 
 class ActorSchema(ResourceSchema):
-    name = Text(120, required=True)
-    age = WholeNumber(required=True, validate=validate.Range(min=0, max=150))
-    gender = Text(50, required=True)
+    name = Text(120, "Viola Davis", required=True)
+    age = WholeNumber(required=True, validate=validate.Range(min=0, max=150), metadata=example(61))
+    gender = Text(50, "Female", required=True)
 
 
 class MovieSchema(ResourceSchema):
-    title = Text(200, required=True)
+    title = Text(200, "Harbour Lights", required=True)
     release_date = ReleaseDate(required=True)
 
 
@@ -225,21 +232,21 @@ class CastingBodySchema(Schema):
     """The optional body of a casting PUT."""
 
     body_optional = True  # no body at all leaves the character as it is
-    character = Text(120, allow_none=True)
+    character = Text(120, "Captain Hale", allow_none=True)
 
 
 class CastingSchema(Schema):
-    movie_id = fields.Integer()
-    actor_id = fields.Integer()
-    character = fields.String(allow_none=True)
+    movie_id = fields.Integer(metadata=example(2))
+    actor_id = fields.Integer(metadata=example(1))
+    character = fields.String(allow_none=True, metadata=example("Captain Hale"))
 
 
 class CastActorSchema(ActorSchema):
-    character = fields.String(allow_none=True)
+    character = fields.String(allow_none=True, metadata=example("Director Ruth Bell"))
 
 
 class CastMovieSchema(MovieSchema):
-    character = fields.String(allow_none=True)
+    character = fields.String(allow_none=True, metadata=example("Director Ruth Bell"))
 
 
 # --- query parameters ---------------------------------------------------------
@@ -283,11 +290,13 @@ class SearchQuerySchema(ListQuerySchema):
 
 
 class ErrorSchema(Schema):
-    success = fields.Boolean(required=True, metadata={"enum": [False]})
-    error = fields.Integer(required=True)
-    message = fields.String(required=True)
-    code = fields.String(metadata={"description": "Machine-readable reason for a 401."})
-    errors = fields.Dict(metadata={"description": "Per-field messages of a 422."})
+    success = fields.Boolean(required=True, metadata={"enum": [False], **example(False)})
+    error = fields.Integer(required=True, metadata=example(404))
+    message = fields.String(required=True, metadata=example("actor 99 not found"))
+    code = fields.String(metadata={"description": "Machine-readable reason for a 401.", **example("token_expired")})
+    errors = fields.Dict(
+        metadata={"description": "Per-field messages of a 422.", **example({"age": ["Not a whole number."]})}
+    )
 
 
 def _schema_name(schema):
@@ -297,44 +306,47 @@ def _schema_name(schema):
 def item_envelope(item_schema, key):
     """{"success": true, <key>: item}"""
     return Schema.from_dict(
-        {"success": fields.Boolean(required=True), key: fields.Nested(item_schema, required=True)},
+        {
+            "success": fields.Boolean(required=True, metadata=example(True)),
+            key: fields.Nested(item_schema, required=True),
+        },
         name=f"{_schema_name(item_schema)}Envelope",
     )
 
 
 def page_envelope(item_schema, key, owner_key=None):
     """{"success": true, [<owner_key>: id,] <key>: [...], "total_<key>": n, "page": p, "per_page": k}"""
-    owner = {owner_key: fields.Integer(required=True)} if owner_key else {}
+    owner = {owner_key: fields.Integer(required=True, metadata=example(1))} if owner_key else {}
     return Schema.from_dict(
         {
-            "success": fields.Boolean(required=True),
+            "success": fields.Boolean(required=True, metadata=example(True)),
             **owner,
             key: fields.List(fields.Nested(item_schema), required=True),
-            f"total_{key}": fields.Integer(required=True),
-            "page": fields.Integer(required=True),
-            "per_page": fields.Integer(required=True),
+            f"total_{key}": fields.Integer(required=True, metadata=example(12)),
+            "page": fields.Integer(required=True, metadata=example(1)),
+            "per_page": fields.Integer(required=True, metadata=example(20)),
         },
         name=f"{_schema_name(item_schema)}PageEnvelope",
     )
 
 
 class IndexSchema(Schema):
-    success = fields.Boolean(required=True)
-    name = fields.String(required=True)
-    docs = fields.String(required=True)
-    openapi = fields.String(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    name = fields.String(required=True, metadata=example("Casting Agency API"))
+    docs = fields.String(required=True, metadata=example("/docs/"))
+    openapi = fields.String(required=True, metadata=example("/openapi.json"))
 
 
 class HealthSchema(Schema):
-    success = fields.Boolean(required=True)
-    database = fields.String(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    database = fields.String(required=True, metadata=example("ok"))
 
 
 class DeletedSchema(Schema):
-    success = fields.Boolean(required=True)
-    delete = fields.Integer(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    delete = fields.Integer(required=True, metadata=example(12))
 
 
 class CastingEnvelopeSchema(Schema):
-    success = fields.Boolean(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
     casting = fields.Nested(CastingSchema, required=True)
