@@ -93,7 +93,8 @@ class SetupTest(unittest.TestCase):
     def setup_sh(self, mode, **settings):
         folder = tempfile.TemporaryDirectory()
         self.addCleanup(folder.cleanup)
-        env = clean_environment(**{"DATABASE_URL": f"sqlite:///{folder.name}/dev.db", **settings})
+        # An issuer, so that no local issuer key is made in the checkout.
+        env = clean_environment(**{"DATABASE_URL": f"sqlite:///{folder.name}/dev.db", **AN_AUTH0_TENANT, **settings})
         return subprocess.run(  # noqa: S603 (our own script)
             ["./setup.sh", mode], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
         )
