@@ -71,6 +71,7 @@ class ApiTestCase(unittest.TestCase):
 
     def setUp(self):
         ISSUER_ON_LOOPBACK.reset()
+        self.addCleanup(ISSUER_ON_LOOPBACK.reset)  # left as found, for the tests that are no ApiTestCase
         self.issuer = ISSUER_ON_LOOPBACK
         self.app = create_app(app_config(**self.config))
         prepare_database(self.app)
