@@ -595,7 +595,7 @@ class RequestLimitsTest(StackTestCase):
 
 
 @needs_postgres
-class ConnectionPoolTest(unittest.TestCase):
+class PoolCapTest(unittest.TestCase):
     def test_db_pool_size_is_a_hard_cap_under_concurrent_requests(self):
         # A worker (here, the app in this process) serving many requests at
         # once never opens more than DB_POOL_SIZE connections: the others wait.
