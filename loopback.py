@@ -220,6 +220,16 @@ class Postgres:
         if AS_ROOT:
             os.chown(self.dir, *_postgres_user())
 
+    @classmethod
+    def fresh(cls, cleanup):
+        """A new cluster, made and started; `cleanup` (a TestCase's addCleanup or
+        addClassCleanup) stops and removes it, even if starting it fails."""
+        pg = cls()
+        cleanup(pg.close)
+        pg.init()
+        pg.start()
+        return pg
+
     def _run(self, tool, *args, check=True, timeout=60):
         command = [os.path.join(PG_BIN, tool), *args]
         if AS_ROOT:

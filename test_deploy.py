@@ -85,10 +85,7 @@ class SetupTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = Postgres()
-        cls.addClassCleanup(cls.pg.close)
-        cls.pg.init()
-        cls.pg.start()
+        cls.pg = Postgres.fresh(cls.addClassCleanup)
 
     def setup_sh(self, mode, **settings):
         folder = tempfile.TemporaryDirectory()

@@ -161,10 +161,7 @@ class PostgresMigrationTest(FreshDatabaseMigrations, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = Postgres()
-        cls.addClassCleanup(cls.pg.close)
-        cls.pg.init()
-        cls.pg.start()
+        cls.pg = Postgres.fresh(cls.addClassCleanup)
 
     def fresh_url(self):
         name = f"fresh_{uuid.uuid4().hex[:12]}"
