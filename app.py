@@ -5,19 +5,24 @@ Actors and movies are two instances of one resource implementation
 """
 
 import functools
+import http
 import json
 import logging
 import os
 import re
+import sqlite3
 import uuid
 
+import psycopg2
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
 from flask import Flask, current_app, g, request, url_for
+from flask.helpers import get_load_dotenv
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
+from flask_smorest.utils import prepare_response
 from flask_swagger_ui import get_swaggerui_blueprint
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -62,8 +67,15 @@ def database_url(url):
 
 
 def load_config(app, test_config):
-    load_dotenv(os.path.join(app.root_path, ".env"))  # the environment wins over .env
-    env = os.environ
+    """The defaults, overridden by the environment, which wins over the .env
+    file; or, given a test's config, the defaults and that config alone, so that
+    no test depends on the machine's settings or on the checkout's .env. An
+    empty variable counts as unset, as in .env-sample."""
+    env = {}
+    if test_config is None:
+        if get_load_dotenv():  # FLASK_SKIP_DOTENV=1, Flask's own switch, skips .env here too
+            load_dotenv(os.path.join(app.root_path, ".env"))
+        env = {name: value for name, value in os.environ.items() if value}
     config = {
         "DATABASE_URL": env.get("DATABASE_URL") or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
         "DB_POOL_SIZE": int(env.get("DB_POOL_SIZE", 5)),
@@ -97,15 +109,32 @@ def load_config(app, test_config):
 class IdConverter(BaseConverter):
     """A resource id in a path. Any run of digits matches, so an id too large for
     the database is a 404 from the handler (after authentication), whatever the
-    method; Werkzeug's `int` would refuse it and the router would answer 405."""
+    method; Werkzeug's `int` would refuse it and the router would answer 405.
+    The id stays the number sent, so that the 404 names it."""
 
     regex = r"[0-9]+"
 
     def to_python(self, value):
-        return int(value) if len(value) <= 18 else MAX_ID + 1
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits())
+            return HugeId(value)
 
     def to_url(self, value):
         return str(value)
+
+
+class HugeId(int):
+    """An id of more digits than Python converts: past any row's, and printed
+    as it was sent."""
+
+    def __new__(cls, digits):
+        huge = super().__new__(cls, MAX_ID + 1)
+        huge.digits = digits
+        return huge
+
+    def __str__(self):
+        return self.digits
 
 
 def _not_json(constant):
@@ -113,7 +142,7 @@ def _not_json(constant):
 
 
 class BodyParser(FlaskParser):
-    """Reads a JSON body with the SPEC's statuses: no body 400, not JSON 415,
+    """Reads a JSON body with the README's statuses: no body 400, not JSON 415,
     malformed JSON (NaN and Infinity included) or not an object 400."""
 
     def load_json(self, req, schema):
@@ -147,7 +176,47 @@ class SchemaPlugin(MarshmallowPlugin):
 
 
 class CastingApi(Api):
-    ERROR_SCHEMA = schemas.ErrorSchema  # the SPEC's envelope, in the description too
+    ERROR_SCHEMA = schemas.ErrorSchema  # the error envelope, in the description too
+
+    def _register_responses(self):
+        """flask-smorest's error responses (one per status, and the default),
+        each with an example of its own status: Swagger UI would show a made-up
+        `"error": 0`."""
+        for status in http.HTTPStatus:
+            response = {"description": status.phrase}
+            if status >= 400:
+                response.update(schema=self.ERROR_SCHEMA, example=error_example(status))
+            prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Any other error", "schema": self.ERROR_SCHEMA, "example": error_example(500)}
+        prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+    def _register_pagination_header(self):
+        """Nothing: the lists carry their pages in the body, not in flask-smorest's
+        X-Pagination header, whose schema would only puzzle a reader of /docs."""
+
+
+# What /docs shows for an error of each status: an answer the API gives.
+ERROR_EXAMPLES = {
+    400: {
+        "message": "invalid query parameters: per_page: Must be greater than or equal to 1 and less than or "
+        "equal to 100.",
+        "errors": {"per_page": ["Must be greater than or equal to 1 and less than or equal to 100."]},
+    },
+    401: {"message": "authorization header is missing", "code": "authorization_header_missing"},
+    412: {"message": etags.PRECONDITION_FAILED},
+    413: {"message": "the body is larger than 1048576 bytes"},
+    415: {"message": "the body must be sent as application/json"},
+    422: {"message": "invalid fields: age: Not a whole number.", "errors": {"age": ["Not a whole number."]}},
+    503: {"message": "the database is unavailable"},
+}
+
+
+def error_example(status, **fields):
+    """An error envelope of this status, for the OpenAPI description."""
+    message = MESSAGES.get(status) or http.HTTPStatus(status).phrase.lower()
+    return {"success": False, "error": int(status), "message": message, **(fields or ERROR_EXAMPLES.get(status, {}))}
 
 
 def protected(blp, permission):
@@ -161,7 +230,8 @@ def protected(blp, permission):
             description=f"Needs a bearer token with the `{permission}` permission.",
             **{"x-permission": permission},
         )(view)
-        documented = documented_errors(blp, 401, 403, 503)(documented)
+        forbidden = error_example(403, message=f"permission '{permission}' is required")
+        documented = documented_errors(blp, 401, 403, 503, examples={403: forbidden})(documented)
         return requires_auth(permission)(documented)
 
     return decorator
@@ -182,13 +252,26 @@ def fetch(blp, model, key, name):
     return decorator
 
 
-def documented_errors(blp, *statuses):
-    """Document error answers of an operation, each in the error envelope."""
+def documented_errors(blp, *statuses, examples=None):
+    """Document error answers of an operation, each in the error envelope, with
+    an example (`examples` by status, else error_example's)."""
 
     def decorator(view):
         for status in statuses:
-            view = blp.alt_response(status, schema=schemas.ErrorSchema)(view)
+            example = (examples or {}).get(status) or error_example(status)
+            view = blp.alt_response(status, schema=schemas.ErrorSchema, example=example)(view)
         return view
+
+    return decorator
+
+
+def conditional(blp):
+    """PATCH and DELETE honour If-Match (etags.precondition, for the row the
+    view receives as `item`), and the description says so."""
+
+    def decorator(view):
+        view = blp.doc(parameters=[etags.IF_MATCH])(etags.precondition("item")(view))
+        return documented_errors(blp, 412)(view)
 
     return decorator
 
@@ -198,7 +281,8 @@ def json_body(blp, schema, **kwargs):
 
     def decorator(view):
         # An instance, not the class: webargs would build a schema per request.
-        return documented_errors(blp, 400, 413, 415)(blp.arguments(schema(), **kwargs)(view))
+        not_json = error_example(400, message="the body is not valid JSON")
+        return documented_errors(blp, 400, 413, 415, examples={400: not_json})(blp.arguments(schema(), **kwargs)(view))
 
     return decorator
 
@@ -343,7 +427,7 @@ def resource_blueprint(res):
 
         @protected(blp, f"edit:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
-        @etags.precondition(blp, "item")
+        @conditional(blp)
         @json_body(blp, res.patch_schema)
         @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
         def patch(self, data, item, versions):
@@ -355,7 +439,7 @@ def resource_blueprint(res):
 
         @protected(blp, f"delete:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
-        @etags.precondition(blp, "item")
+        @conditional(blp)
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, item, versions):
             """Delete, with its castings (conditionally, with If-Match)"""
@@ -497,7 +581,8 @@ def register_error_handlers(app):
 
     @app.errorhandler(DBAPIError)
     def database_error(e):
-        if e.connection_invalidated or isinstance(e.orig, _unreachable_errors()):
+        if e.connection_invalidated or connection_lost_or_refused(e.orig):
+            # No bug to trace: the service recovers when the database is back.
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
         app.logger.exception("database error, request_id=%s", g.get("request_id"))
@@ -510,17 +595,25 @@ def register_error_handlers(app):
         return error_response(InternalServerError())
 
 
-def _unreachable_errors():
-    import sqlite3
+# PostgreSQL's answers that mean "not now": the server is shutting down,
+# starting up, or has no connection to spare.
+_SERVER_UNAVAILABLE = ("57P01", "57P02", "57P03", "53300")
 
-    errors = (sqlite3.OperationalError,)
-    try:
-        import psycopg2
 
-        errors += (psycopg2.OperationalError, psycopg2.InterfaceError)
-    except ImportError:  # pragma: no cover
-        pass
-    return errors
+def connection_lost_or_refused(error):
+    """Whether a driver's error means the database cannot be reached (a 503):
+    a refused, timed out or lost connection. Anything else the database said (a
+    missing table, a cancelled statement, a serialization failure) is a bug or a
+    conflict to see in the log: a 500."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
+    if isinstance(error, psycopg2.InterfaceError):  # a connection already closed
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        if error.pgcode is None:  # libpq's own error, with no SQLSTATE: refused, timed out or lost
+            return type(error) is psycopg2.OperationalError
+        return error.pgcode.startswith("08") or error.pgcode in _SERVER_UNAVAILABLE  # 08: connection exception
+    return False
 
 
 def refuse_oversized_body():

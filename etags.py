@@ -18,8 +18,6 @@ import functools
 from flask import Response, request
 from werkzeug.exceptions import PreconditionFailed
 
-import schemas
-
 PRECONDITION_FAILED = "the item has changed: If-Match names none of its current ETags"
 
 
@@ -54,11 +52,11 @@ def accepted_versions(row):
     return versions
 
 
-def precondition(blp, name):
+def precondition(name):
     """PATCH and DELETE: a 412 when If-Match names none of the current ETags of
     the item the view receives as `name`, before the body is read (a 412 comes
     before a 415, 400 or 422); the view receives `versions`, which its write
-    compares again, atomically. Documents If-Match and the 412."""
+    compares again, atomically."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -68,8 +66,7 @@ def precondition(blp, name):
                 raise PreconditionFailed(PRECONDITION_FAILED)
             return view(*args, versions=versions, **kwargs)
 
-        wrapper = blp.alt_response(412, schema=schemas.ErrorSchema)(wrapper)
-        return blp.doc(parameters=[IF_MATCH])(wrapper)
+        return wrapper
 
     return decorator
 

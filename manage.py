@@ -1,6 +1,7 @@
 """`python manage.py db upgrade`, `python manage.py seed`, `python manage.py token ROLE`:
-the commands the seeds' users know (from Flask-Script, which no longer runs on
-Flask 2+), as a FlaskGroup over the same app as `flask`."""
+the commands of the project's first drafts (from Flask-Script, which no longer
+runs on Flask 2+), as a FlaskGroup over the same app as `flask` (README: Command
+line)."""
 
 from flask.cli import FlaskGroup
 

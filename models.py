@@ -36,8 +36,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-# expire_on_commit=False: a response is built from the rows just written, with
-# no SELECT to reload them (which would fail if another request deleted them).
+# The ORM session serves the command line and the tests (requests run Core
+# statements). expire_on_commit=False: a row keeps its values after its commit,
+# with no SELECT to reload them.
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"expire_on_commit": False})
 
 # PostgreSQL's INTEGER is 32-bit: an id above this cannot exist, so it is a 404

@@ -20,6 +20,12 @@ from models import db
 # --- fields -------------------------------------------------------------------
 
 
+def example(value):
+    """A field's example in the OpenAPI description, in the style of the sample
+    data: what /docs shows, and what its "Try it out" sends."""
+    return {"examples": [value]}
+
+
 # Whitespace as JSON Schema's regular expressions (ECMA-262) define `\s`, spelled
 # out so that Python and every validator of the description agree on it
 # (Python's own `\s` and str.strip() also count U+001C..U+001F, not U+FEFF).
@@ -32,11 +38,12 @@ class Text(fields.String):
     character, stored trimmed. U+0000 and unpaired surrogates are refused: no
     database stores them."""
 
-    def __init__(self, max_length, **kwargs):
+    def __init__(self, max_length, example_value, **kwargs):
         super().__init__(
             validate=validate.Length(min=1, max=max_length),
-            # One non-whitespace character, and no U+0000 anywhere.
-            metadata={"pattern": f"^[^\\x00]*[^{WHITESPACE}\\x00][^\\x00]*$"},
+            # One non-whitespace character, and no U+0000 anywhere. The example,
+            # or Swagger UI makes one up from the pattern.
+            metadata={"pattern": f"^[^\\x00]*[^{WHITESPACE}\\x00][^\\x00]*$", **example(example_value)},
             **kwargs,
         )
 
@@ -105,21 +112,28 @@ def _us_date_pattern():
 
 US_DATE_PATTERN = _us_date_pattern()
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+# A whole number up to this reads as a year, not as seconds (1995 is not 1970-01-01).
+LAST_YEAR_LIKE = 9999
 RELEASE_DATE_FORMS = (
     "`YYYY-MM-DD`; an ISO 8601 date-time such as `2021-10-15T23:30:00-08:00` (the date as written, with no "
     "conversion to UTC; a space for the `T`, and no seconds or offset, are accepted too); `M/D/YYYY`; or a "
-    "whole number of Unix epoch seconds, read in UTC. From 0001-01-01 to 9999-12-31. "
-    "Always returned as `YYYY-MM-DD`."
+    "whole number of Unix epoch seconds, read in UTC, but not one from 0 to 9999, which reads as a year. "
+    "From 0001-01-01 to 9999-12-31. Always returned as `YYYY-MM-DD`."
 )
 RELEASE_DATE_SCHEMA = {
     "anyOf": [
         {"type": "string", "format": "date"},
         {"type": "string", "format": "date-time"},
         {"type": "string", "pattern": US_DATE_PATTERN},
-        {"type": "integer", "minimum": FIRST_DAY_SECONDS, "maximum": LAST_DAY_SECONDS},
+        {"type": "integer", "minimum": FIRST_DAY_SECONDS, "maximum": -1},
+        {"type": "integer", "minimum": LAST_YEAR_LIKE + 1, "maximum": LAST_DAY_SECONDS},
     ],
     "description": RELEASE_DATE_FORMS,
 }
+# Every malformed date gets this one hint, whatever its form.
+NOT_A_DATE = (
+    "Not a valid date: use YYYY-MM-DD, an ISO 8601 date-time, M/D/YYYY or a whole number of Unix epoch seconds."
+)
 
 
 def _check_time(hour, minute, second, offset_hour, offset_minute):
@@ -141,11 +155,14 @@ def parse_release_date(value):
                 month, day, year = map(int, match.groups())
                 return date(year, month, day)
         except ValueError:
-            raise ValidationError("Not a valid date.") from None
-        raise ValidationError("Not a valid date: use one of " + RELEASE_DATE_FORMS)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError("Not a valid date: use one of " + RELEASE_DATE_FORMS)
-    seconds = whole_number(value)
+            pass  # the form, but no such day or time
+        raise ValidationError(NOT_A_DATE)
+    try:
+        seconds = whole_number(value)
+    except ValidationError:
+        raise ValidationError(NOT_A_DATE) from None
+    if 0 <= seconds <= LAST_YEAR_LIKE:
+        raise ValidationError(f"{seconds} reads as a year, not as Unix epoch seconds: send the date, as YYYY-MM-DD.")
     if not FIRST_DAY_SECONDS <= seconds <= LAST_DAY_SECONDS:
         raise ValidationError("Epoch seconds outside 0001-01-01..9999-12-31.")
     return (EPOCH + timedelta(seconds=seconds)).date()
@@ -156,7 +173,7 @@ class ReleaseDate(fields.Field):
     the forms it accepts."""
 
     def __init__(self, **kwargs):
-        super().__init__(metadata=RELEASE_DATE_SCHEMA, **kwargs)
+        super().__init__(metadata={**RELEASE_DATE_SCHEMA, **example("2021-10-15")}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         return parse_release_date(value)
@@ -171,7 +188,7 @@ class ReleaseDate(fields.Field):
 class ResourceSchema(Schema):
     """A writable resource: `id` is assigned by the server, ignored in a body."""
 
-    id = fields.Integer(dump_only=True)
+    id = fields.Integer(dump_only=True, metadata=example(1))
 
     @pre_load
     def drop_id(self, data, **kwargs):
@@ -181,13 +198,13 @@ class ResourceSchema(Schema):
 
 
 class ActorSchema(ResourceSchema):
-    name = Text(120, required=True)
-    age = WholeNumber(required=True, validate=validate.Range(min=0, max=150))
-    gender = Text(50, required=True)
+    name = Text(120, "Viola Davis", required=True)
+    age = WholeNumber(required=True, validate=validate.Range(min=0, max=150), metadata=example(61))
+    gender = Text(50, "Female", required=True)
 
 
 class MovieSchema(ResourceSchema):
-    title = Text(200, required=True)
+    title = Text(200, "Harbour Lights", required=True)
     release_date = ReleaseDate(required=True)
 
 
@@ -217,21 +234,21 @@ class CastingBodySchema(Schema):
     """The optional body of a casting PUT."""
 
     body_optional = True  # no body at all leaves the character as it is
-    character = Text(120, allow_none=True)
+    character = Text(120, "Captain Hale", allow_none=True)
 
 
 class CastingSchema(Schema):
-    movie_id = fields.Integer()
-    actor_id = fields.Integer()
-    character = fields.String(allow_none=True)
+    movie_id = fields.Integer(metadata=example(2))
+    actor_id = fields.Integer(metadata=example(1))
+    character = fields.String(allow_none=True, metadata=example("Captain Hale"))
 
 
 class CastActorSchema(ActorSchema):
-    character = fields.String(allow_none=True)
+    character = fields.String(allow_none=True, metadata=example("Director Ruth Bell"))
 
 
 class CastMovieSchema(MovieSchema):
-    character = fields.String(allow_none=True)
+    character = fields.String(allow_none=True, metadata=example("Director Ruth Bell"))
 
 
 # --- query parameters ---------------------------------------------------------
@@ -418,14 +435,18 @@ class UtcInstant(fields.Field):
 
 
 class AuditEventSchema(Schema):
-    id = fields.Integer(required=True)
-    at = UtcInstant(required=True, metadata={"type": "string", "format": "date-time"})
-    subject = fields.String(required=True, metadata={"description": "The token's `sub`."})
-    action = fields.String(required=True, metadata={"enum": list(AUDIT_ACTIONS)})
-    resource = fields.String(required=True, metadata={"enum": list(AUDIT_RESOURCES)})
-    resource_id = fields.Integer(required=True, allow_none=True)
-    movie_id = fields.Integer(required=True, allow_none=True)
-    actor_id = fields.Integer(required=True, allow_none=True)
+    id = fields.Integer(required=True, metadata=example(7))
+    at = UtcInstant(
+        required=True, metadata={"type": "string", "format": "date-time", **example("2026-11-29T10:15:02.394117Z")}
+    )
+    subject = fields.String(
+        required=True, metadata={"description": "The token's `sub`.", **example("auth0|casting-director")}
+    )
+    action = fields.String(required=True, metadata={"enum": list(AUDIT_ACTIONS), **example("update")})
+    resource = fields.String(required=True, metadata={"enum": list(AUDIT_RESOURCES), **example("actors")})
+    resource_id = fields.Integer(required=True, allow_none=True, metadata=example(3))
+    movie_id = fields.Integer(required=True, allow_none=True, metadata=example(None))
+    actor_id = fields.Integer(required=True, allow_none=True, metadata=example(None))
     changes = fields.Function(
         audit_changes,
         required=True,
@@ -434,20 +455,26 @@ class AuditEventSchema(Schema):
             "description": "An update: each changed field's `[old, new]`; a create: the fields written; a delete: "
             "the item as it was; a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
             "casting as it was.",
+            **example({"age": [65, 66]}),
         },
     )
-    request_id = fields.String(required=True, metadata={"description": "The X-Request-ID of the request."})
+    request_id = fields.String(
+        required=True,
+        metadata={"description": "The X-Request-ID of the request.", **example("6f1c0c4f0d6d4a43b0d2b1f3c2a9e8d7")},
+    )
 
 
 # --- envelopes ----------------------------------------------------------------
 
 
 class ErrorSchema(Schema):
-    success = fields.Boolean(required=True, metadata={"enum": [False]})
-    error = fields.Integer(required=True)
-    message = fields.String(required=True)
-    code = fields.String(metadata={"description": "Machine-readable reason for a 401."})
-    errors = fields.Dict(metadata={"description": "Per-field messages of a 422."})
+    success = fields.Boolean(required=True, metadata={"enum": [False], **example(False)})
+    error = fields.Integer(required=True, metadata=example(404))
+    message = fields.String(required=True, metadata=example("actor 99 not found"))
+    code = fields.String(metadata={"description": "Machine-readable reason for a 401.", **example("token_expired")})
+    errors = fields.Dict(
+        metadata={"description": "Per-field messages of a 422.", **example({"age": ["Not a whole number."]})}
+    )
 
 
 def _schema_name(schema):
@@ -457,7 +484,10 @@ def _schema_name(schema):
 def item_envelope(item_schema, key):
     """{"success": true, <key>: item}"""
     return Schema.from_dict(
-        {"success": fields.Boolean(required=True), key: fields.Nested(item_schema, required=True)},
+        {
+            "success": fields.Boolean(required=True, metadata=example(True)),
+            key: fields.Nested(item_schema, required=True),
+        },
         name=f"{_schema_name(item_schema)}Envelope",
     )
 
@@ -465,31 +495,38 @@ def item_envelope(item_schema, key):
 def page_envelope(item_schema, key, owner_key=None):
     """{"success": true, [<owner_key>: id,] <key>: [...], "total_<key>": n, "total_exact": b,
     "page": p, "per_page": k, "next_cursor": c}"""
-    owner = {owner_key: fields.Integer(required=True)} if owner_key else {}
+    owner = {owner_key: fields.Integer(required=True, metadata=example(1))} if owner_key else {}
     return Schema.from_dict(
         {
-            "success": fields.Boolean(required=True),
+            "success": fields.Boolean(required=True, metadata=example(True)),
             **owner,
             key: fields.List(fields.Nested(item_schema), required=True),
             f"total_{key}": fields.Integer(
                 required=True,
-                metadata={"description": "The items of the whole list; a lower bound when `total_exact` is false."},
+                metadata={
+                    "description": "The items of the whole list; a lower bound when `total_exact` is false.",
+                    **example(12),
+                },
             ),
             "total_exact": fields.Boolean(
                 required=True,
                 metadata={
                     "description": "Whether the total is exact: always for a whole collection and for lists of "
-                    "up to 1,000 items; a longer filtered list stops counting at 1,000."
+                    "up to 1,000 items; a longer filtered list stops counting at 1,000.",
+                    **example(True),
                 },
             ),
             "page": fields.Integer(
-                required=True, allow_none=True, metadata={"description": "Null on a cursor's page."}
+                required=True, allow_none=True, metadata={"description": "Null on a cursor's page.", **example(1)}
             ),
-            "per_page": fields.Integer(required=True),
+            "per_page": fields.Integer(required=True, metadata=example(20)),
             "next_cursor": fields.String(
                 required=True,
                 allow_none=True,
-                metadata={"description": "Pass as `?cursor=` for the next page; null on the last page."},
+                metadata={
+                    "description": "Pass as `?cursor=` for the next page; null on the last page.",
+                    **example(None),
+                },
             ),
         },
         name=f"{_schema_name(item_schema)}PageEnvelope",
@@ -497,22 +534,22 @@ def page_envelope(item_schema, key, owner_key=None):
 
 
 class IndexSchema(Schema):
-    success = fields.Boolean(required=True)
-    name = fields.String(required=True)
-    docs = fields.String(required=True)
-    openapi = fields.String(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    name = fields.String(required=True, metadata=example("Casting Agency API"))
+    docs = fields.String(required=True, metadata=example("/docs/"))
+    openapi = fields.String(required=True, metadata=example("/openapi.json"))
 
 
 class HealthSchema(Schema):
-    success = fields.Boolean(required=True)
-    database = fields.String(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    database = fields.String(required=True, metadata=example("ok"))
 
 
 class DeletedSchema(Schema):
-    success = fields.Boolean(required=True)
-    delete = fields.Integer(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
+    delete = fields.Integer(required=True, metadata=example(12))
 
 
 class CastingEnvelopeSchema(Schema):
-    success = fields.Boolean(required=True)
+    success = fields.Boolean(required=True, metadata=example(True))
     casting = fields.Nested(CastingSchema, required=True)

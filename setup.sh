@@ -34,18 +34,55 @@ fi
 
 export FLASK_APP=app
 flask=.venv/bin/flask
-# A set-up step's output, less Alembic's INFO lines and the local issuer's
-# start-up warning (the server prints that one when it starts).
+# A set-up step's output, less Alembic's INFO lines.
 quietly() {
   local out
   out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
-  echo "$out" | grep -v -e '^INFO' -e 'LOCAL ISSUER IN USE' || true
+  echo "$out" | grep -v -e '^INFO' || true
 }
+# Stops the set-up with one line, not a traceback, when the database that the
+# variable names (DATABASE_URL: as the app reads it, .env included) cannot be
+# reached; for a PostgreSQL database that does not exist, how to create it.
+check_database() {
+  .venv/bin/python - "$1" <<'PYTHON'
+import logging
+import os
+import re
+import sys
+
+logging.disable(logging.CRITICAL)  # a probe: none of the app's start-up lines
+from app import create_app
+from models import db
+
+variable = sys.argv[1]
+app = create_app() if variable == "DATABASE_URL" else create_app({"DATABASE_URL": os.environ[variable]})
+with app.app_context():
+    url = db.engine.url
+    try:
+        db.engine.connect().close()
+    except Exception as error:  # any failure: said in one line
+        reason = " ".join(str(getattr(error, "orig", error)).split())
+        if url.get_backend_name() == "postgresql" and re.search(r'database ".*" does not exist', reason):
+            create = " ".join(
+                ["createdb", *(f"-h {url.host} -p {url.port or 5432}".split() if url.host else [])]
+                + ([f"-U {url.username}"] if url.username else [])
+                + [url.database]
+            )
+            sys.exit(
+                f'setup.sh: the PostgreSQL database "{url.database}" ({variable}) does not exist: '
+                f"create it with `{create}`, or set {variable} to one that exists"
+            )
+        sys.exit(f"setup.sh: cannot connect to {variable} ({url.render_as_string(hide_password=True)}): {reason}")
+PYTHON
+}
+
 echo "== upgrading the database"
+check_database DATABASE_URL
 quietly "$flask" db upgrade
 quietly "$flask" seed --if-empty
 
 if [ "$mode" = test ]; then
+  [ -z "${TEST_DATABASE_URL:-}" ] || check_database TEST_DATABASE_URL
   echo "== running the tests${TEST_DATABASE_URL:+ on \$TEST_DATABASE_URL}"
   exec .venv/bin/python -m pytest "$@"
 fi
@@ -55,7 +92,7 @@ if "$flask" token casting-assistant >/dev/null 2>&1; then
   echo "== tokens from the local issuer (valid 24 h; 'flask token ROLE' prints more):"
   for role in casting-assistant casting-director executive-producer; do
     var=$(echo "$role" | tr a-z- A-Z_)
-    echo "export ${var}_TOKEN=$("$flask" token "$role" 2>/dev/null)"
+    echo "export ${var}_TOKEN=$("$flask" token "$role")"
   done
 else
   echo "== tokens come from your Auth0 tenant (see the README)"

@@ -1,12 +1,13 @@
-"""Authentication and permissions (SPEC: Authentication; the permission column
-of the endpoint table): the RBAC matrix, the attacks a verifier must stop, the
-JWKS cache and its refetch limit, and the local issuer."""
+"""Authentication and permissions (README: Authentication and roles, and each
+endpoint's permission in the API reference): the RBAC matrix, the attacks a
+verifier must stop, the JWKS cache and its refetch limit, and the local issuer."""
 
 import base64
 import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -17,11 +18,14 @@ import unittest
 from unittest import mock
 
 import jwt
+from click.testing import CliRunner
+from flask.cli import FlaskGroup
 
 from app import create_app
-from auth import ROLES, JWKSKeys, role_permissions
+from auth import ROLES, IssuerUnavailable, JWKSKeys, role_permissions
+from loopback import REPO, Issuer, clean_environment, rsa_key
 from models import Actor, Casting, Movie
-from testing import AUDIENCE, ApiTestCase, Issuer, app_config, dispose, rsa_key
+from testing import AUDIENCE, ISSUER, ApiTestCase, app_config, dispose
 
 MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
@@ -97,15 +101,6 @@ class PermissionsTest(ApiTestCase):
             with self.subTest(permissions=permissions):
                 token = self.issuer.token(permissions)
                 self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 403)
-
-    def test_claims_are_available_to_the_view(self):
-        from flask import g
-
-        token = self.issuer.token(["get:actors"], sub="auth0|someone")
-        with self.app.test_request_context("/actors", headers=self.headers(token=token)):
-            view = self.app.view_functions["actors.Collection"]
-            self.assertEqual(view().status_code, 200)
-            self.assertEqual(g.claims["sub"], "auth0|someone")
 
 
 class AttackTest(ApiTestCase):
@@ -184,7 +179,8 @@ class AttackTest(ApiTestCase):
         self.assertEqual(self.rows(Actor), [])
 
     def test_the_key_source_is_never_taken_from_the_token(self):
-        attacker = Issuer()  # publishes its own JWKS
+        attacker = Issuer(ISSUER, AUDIENCE)  # publishes its own JWKS
+        self.addCleanup(attacker.stop)
         for header in (
             {"jku": attacker.jwks_url, "kid": attacker.kid},
             {"x5u": attacker.jwks_url, "kid": "x"},
@@ -194,8 +190,6 @@ class AttackTest(ApiTestCase):
                 token = attacker.token(["get:actors"], headers=header)
                 self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
         self.assertEqual(attacker.fetches, 0)
-        attacker.server.shutdown()
-        attacker.server.server_close()
 
     def test_scheme_is_case_insensitive_and_spacing_is_tolerated(self):
         token = self.issuer.token(["get:actors"])
@@ -265,7 +259,7 @@ class JWKSCacheTest(ApiTestCase):
         self.addCleanup(listener.close)
         keys = JWKSKeys(f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json", timeout=0.3)
         started = time.monotonic()
-        with self.assertLogs("auth", "WARNING"), self.assertRaises(Exception) as caught:
+        with self.assertLogs("auth", "WARNING"), self.assertRaises(IssuerUnavailable) as caught:
             keys.get("any")
         self.assertEqual(caught.exception.code, 503)
         self.assertLess(time.monotonic() - started, 5)
@@ -322,16 +316,20 @@ class VerifiedTokenCacheTest(ApiTestCase):
                 self.assertLessEqual(len(verifier._verified), 3)
 
 
-class LocalIssuerTest(unittest.TestCase):
-    """No AUTH0_DOMAIN and no JWKS_URL: the app is its own issuer."""
+class LocalIssuerTest(ApiTestCase):
+    """No AUTH0_DOMAIN and no JWKS_URL: the app is its own issuer, its key in a
+    temporary instance folder. The suite's database, emptied after each test."""
 
     def setUp(self):
-        self.instance = tempfile.TemporaryDirectory()
-        self.addCleanup(self.instance.cleanup)
+        super().setUp()
+        instance = tempfile.TemporaryDirectory()
+        self.addCleanup(instance.cleanup)
+        self.instance = instance.name
 
-    def make_app(self, **config):
-        base = app_config(AUTH0_ISSUER=None, JWKS_URL=None, API_AUDIENCE=None, INSTANCE_PATH=self.instance.name)
-        return create_app({**base, **config})
+    def make_app(self):
+        app = create_app(app_config(AUTH0_ISSUER=None, JWKS_URL=None, API_AUDIENCE=None, INSTANCE_PATH=self.instance))
+        self.addCleanup(dispose, app)
+        return app
 
     def token(self, app, *args):
         result = app.test_cli_runner().invoke(args=["token", *args])
@@ -353,11 +351,10 @@ class LocalIssuerTest(unittest.TestCase):
                 self.assertEqual(response.status_code, 201 if "add:movies" in ROLES[role] else 403)
                 response = client.get("/actors", headers={"Authorization": f"Bearer {token}"})
                 self.assertEqual(response.status_code, 200)
-        dispose(app)
 
     def test_the_key_is_kept_private_and_reused(self):
         self.make_app()
-        path = os.path.join(self.instance.name, "local-issuer-key.pem")
+        path = os.path.join(self.instance, "local-issuer-key.pem")
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         first = self.make_app().extensions["auth"].keys.kid
         self.assertEqual(self.make_app().extensions["auth"].keys.kid, first)
@@ -386,46 +383,54 @@ class LocalIssuerTest(unittest.TestCase):
         self.assertEqual(response.get_json()["code"], "token_expired")
 
     def test_no_tokens_are_printed_when_a_real_issuer_is_configured(self):
-        app = create_app(app_config(INSTANCE_PATH=self.instance.name))
+        app = create_app(app_config(INSTANCE_PATH=self.instance))
         result = self.token(app, "casting-assistant")
         self.assertEqual(result.exit_code, 1)
         self.assertIn("configured issuer", result.stderr)
 
-    def test_manage_py_prints_a_token(self):
-        env = {k: v for k, v in os.environ.items() if k not in ("AUTH0_DOMAIN", "JWKS_URL", "AUTH0_ISSUER")}
-        here = os.path.dirname(os.path.abspath(__file__))
+    def test_only_a_server_warns_that_the_local_issuer_is_in_use(self):
+        cli = FlaskGroup(create_app=self.make_app, load_dotenv=False)  # as `flask` and manage.py make it
+        cases = [  # (command, whether the warning is logged)
+            (["token", "casting-assistant"], False),  # it exists to mint local tokens
+            (["seed", "--help"], False),
+            (["run"], True),  # the development server
+        ]
+        for arguments, warns in cases:
+            with self.subTest(arguments), mock.patch.dict(os.environ), mock.patch("flask.cli.run_simple") as serve:
+                with self.assertLogs("app", "WARNING") if warns else self.assertNoLogs("app", "WARNING"):
+                    result = CliRunner().invoke(cli, arguments)
+                self.assertEqual(result.exit_code, 0, result.output)
+                self.assertEqual(serve.called, arguments == ["run"])
+
+    def test_manage_py_prints_a_token_and_nothing_else(self):
         result = subprocess.run(  # noqa: S603 (our own script)
             [sys.executable, "manage.py", "token", "executive-producer"],
-            cwd=here,
-            env=env,
+            cwd=REPO,
+            env=clean_environment(),
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         )
+        self.assertEqual(result.stderr, "")
+        self.assertEqual(result.stdout.count("\n"), 1)
         claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
         self.assertEqual(claims["permissions"], ROLES["Executive Producer"])
 
 
 class IssuerConfigurationTest(unittest.TestCase):
-    def test_auth0_domain_gives_issuer_and_jwks_url(self):
-        app = create_app(app_config(AUTH0_DOMAIN="tenant.eu.auth0.com", AUTH0_ISSUER=None, JWKS_URL=None))
-        verifier = app.extensions["auth"]
-        self.assertEqual(verifier.issuer, "https://tenant.eu.auth0.com/")
-        self.assertEqual(verifier.keys.url, "https://tenant.eu.auth0.com/.well-known/jwks.json")
-        self.assertEqual(verifier.audience, AUDIENCE)
-
-    def test_misconfigurations_fail_at_start(self):
-        cases = [
-            ("a production start without an issuer", {"AUTH0_ISSUER": None, "JWKS_URL": None, "REQUIRE_ISSUER": True}),
-            ("JWKS_URL without AUTH0_ISSUER", {"AUTH0_ISSUER": None}),
-            ("AUTH0_ISSUER without JWKS_URL", {"JWKS_URL": None}),
-            ("an issuer without API_AUDIENCE", {"API_AUDIENCE": None}),
+    def test_misconfigurations_fail_at_start_saying_what_is_missing(self):
+        both = "set AUTH0_DOMAIN, or both AUTH0_ISSUER and JWKS_URL"
+        cases = [  # (what, config, message)
+            (
+                "a production start without an issuer",
+                {"AUTH0_ISSUER": None, "JWKS_URL": None, "REQUIRE_ISSUER": True},
+                "no token issuer configured",
+            ),
+            ("JWKS_URL without AUTH0_ISSUER", {"AUTH0_ISSUER": None}, both),
+            ("AUTH0_ISSUER without JWKS_URL", {"JWKS_URL": None}, both),
+            ("an issuer without API_AUDIENCE", {"API_AUDIENCE": None}, "API_AUDIENCE must be set"),
         ]
-        for name, config in cases:
-            with self.subTest(name), self.assertRaises(RuntimeError):
+        for what, config, message in cases:
+            with self.subTest(what), self.assertRaisesRegex(RuntimeError, re.escape(message)):
                 create_app(app_config(**config))
-
-    def test_a_production_start_accepts_a_configured_issuer(self):
-        app = create_app(app_config(REQUIRE_ISSUER=True))
-        self.assertIsInstance(app.extensions["auth"].keys, JWKSKeys)

@@ -1,18 +1,26 @@
-"""The migrations build exactly the schema of models.py, and the sample data
-loads once."""
+"""The migrations build exactly the schema of models.py, down to nothing and up
+again on SQLite and on a PostgreSQL of their own (its trigram indexes and
+statement-level and TRUNCATE triggers), the row counters stay exact, and the
+sample data loads once, through `flask` and `python manage.py`."""
 
 import os
+import subprocess
+import sys
 import tempfile
+import unittest
+import uuid
+from datetime import date
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 
 from app import create_app
+from loopback import REPO, Postgres, clean_environment, needs_postgres
 from models import Actor, Casting, Movie, RowCount, db, schema_comparison
 from seed import ACTORS, CASTINGS, MOVIES
-from testing import ApiTestCase, app_config
+from testing import ApiTestCase, app_config, dispose
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
@@ -41,18 +49,6 @@ class MigrationTest(ApiTestCase):
         for table, keys in (("actors", ("name", "age")), ("movies", ("title", "release_date"))):
             expected |= {f"ix_{table}_{key}_{ending}" for key in keys for ending in ("id", "negated_id")}
         self.assertLessEqual(expected, indexes)
-
-    def test_downgrade_and_upgrade_again_on_a_fresh_database(self):
-        with tempfile.TemporaryDirectory() as folder:
-            app = create_app(app_config(DATABASE_URL=f"sqlite:///{folder}/fresh.db"))
-            with app.app_context():
-                upgrade(directory=MIGRATIONS)
-                downgrade(directory=MIGRATIONS, revision="base")
-                self.assertEqual(sorted(db.inspect(db.engine).get_table_names()), ["alembic_version"])
-                upgrade(directory=MIGRATIONS)
-            self.assertEqual(schema_differences(app), [])
-            with app.app_context():
-                db.engine.dispose()
 
 
 class RowCounterTest(ApiTestCase):
@@ -100,20 +96,94 @@ class RowCounterTest(ApiTestCase):
         self.call("DELETE", f"/movies/{movie['id']}")
         self.assertEqual(self.totals(), (6, 0))
 
-    def test_the_migration_counts_the_rows_already_there(self):
-        with tempfile.TemporaryDirectory() as folder:
-            app = create_app(app_config(DATABASE_URL=f"sqlite:///{folder}/old.db"))
-            with app.app_context():
-                upgrade(directory=MIGRATIONS, revision="0001")
-                with db.engine.begin() as connection:
-                    connection.execute(
-                        text("INSERT INTO actors (name, age, gender) VALUES ('A', 1, 'F'), ('B', 2, 'M')")
-                    )
-                upgrade(directory=MIGRATIONS)
-                self.assertEqual(db.session.get(RowCount, "actors").n, 2)
-                self.assertEqual(db.session.get(RowCount, "movies").n, 0)
-                db.session.remove()
-                db.engine.dispose()
+
+class FreshDatabaseMigrations:
+    """The migrations on a database of their own, down to nothing and up
+    again; the row counters exact afterwards. Mixed into a TestCase per
+    database, whose fresh_url() makes an empty database."""
+
+    def fresh_app(self):
+        app = create_app(app_config(DATABASE_URL=self.fresh_url()))
+        self.addCleanup(dispose, app)
+        return app
+
+    def counters_and_counts(self, app):
+        with app.app_context(), db.engine.connect() as connection:
+            counters = dict(connection.execute(select(RowCount.table_name, RowCount.n)).all())
+            counts = {t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("actors", "movies")}  # noqa: S608 (fixed names)
+        return counters, counts
+
+    def write(self, app):
+        """Rows added and removed one at a time and many per statement."""
+        actor = {"name": "A", "age": 30, "gender": "F"}
+        with app.app_context(), db.engine.begin() as connection:
+            connection.execute(insert(Actor).values(actor))
+            connection.execute(insert(Actor).values([actor] * 4))
+            connection.execute(insert(Movie).values([{"title": "M", "release_date": date(2020, 1, 1)}] * 2))
+            connection.execute(delete(Actor).where(Actor.id.in_(select(Actor.id).limit(2).scalar_subquery())))
+            connection.execute(delete(Movie).where(Movie.id == select(func.min(Movie.id)).scalar_subquery()))
+
+    def test_down_to_base_and_up_again(self):
+        app = self.fresh_app()
+        with app.app_context():
+            upgrade(directory=MIGRATIONS)
+            self.write(app)
+            downgrade(directory=MIGRATIONS, revision="base")
+            self.assertEqual(sorted(db.inspect(db.engine).get_table_names()), ["alembic_version"])
+            with db.engine.connect() as connection:
+                self.assertEqual(connection.execute(text(self.LEFTOVERS)).all(), [])
+            upgrade(directory=MIGRATIONS)
+        self.assertEqual(schema_differences(app), [])
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 0, "movies": 0}, {"actors": 0, "movies": 0}))
+        self.write(app)
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 3, "movies": 1}, {"actors": 3, "movies": 1}))
+
+    def test_the_counters_start_from_the_rows_already_there(self):
+        app = self.fresh_app()
+        with app.app_context():
+            upgrade(directory=MIGRATIONS, revision="0001")
+            self.write(app)
+            upgrade(directory=MIGRATIONS)
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 3, "movies": 1}, {"actors": 3, "movies": 1}))
+        self.write(app)
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 6, "movies": 2}, {"actors": 6, "movies": 2}))
+
+
+class SQLiteMigrationTest(FreshDatabaseMigrations, unittest.TestCase):
+    LEFTOVERS = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+
+    def fresh_url(self):
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        return f"sqlite:///{folder.name}/fresh.db"
+
+
+@needs_postgres
+class PostgresMigrationTest(FreshDatabaseMigrations, unittest.TestCase):
+    """PostgreSQL's branches of the migrations (trigram indexes, statement-level
+    and TRUNCATE triggers), on a cluster of the class's own."""
+
+    LEFTOVERS = "SELECT proname FROM pg_proc WHERE proname LIKE 'row_counts_%'"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = Postgres.fresh(cls.addClassCleanup)
+
+    def fresh_url(self):
+        name = f"fresh_{uuid.uuid4().hex[:12]}"
+        self.pg.create_database(name)
+        return self.pg.url(name)
+
+    def test_truncate_resets_the_counters(self):
+        app = self.fresh_app()
+        with app.app_context():
+            upgrade(directory=MIGRATIONS)
+        self.write(app)
+        with app.app_context(), db.engine.begin() as connection:
+            connection.execute(text("TRUNCATE castings, movies, actors"))
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 0, "movies": 0}, {"actors": 0, "movies": 0}))
+        self.write(app)
+        self.assertEqual(self.counters_and_counts(app), ({"actors": 3, "movies": 1}, {"actors": 3, "movies": 1}))
 
 
 class SeedTest(ApiTestCase):
@@ -134,8 +204,52 @@ class SeedTest(ApiTestCase):
         actors = self.call("GET", f"/movies/{cast['id']}/actors").get_json()
         self.assertIn("Captain Hale", [a["character"] for a in actors["actors"]])
 
-    def test_seed_if_empty_leaves_existing_data_alone(self):
-        self.add(Actor, name="Only Me", age=30, gender="Female")
-        result = self.app.test_cli_runner().invoke(args=["seed", "--if-empty"])
-        self.assertIn("nothing added", result.output)
-        self.assertEqual(self.counts(), (1, 0, 0))
+    def test_seed_if_empty_loads_only_into_an_empty_database(self):
+        sample = (len(ACTORS), len(MOVIES), len(CASTINGS))
+        cases = [  # (a row already there, the output, the counts afterwards)
+            (None, f"{sum(sample)} rows added", sample),
+            ((Actor, {"name": "Only Me", "age": 30, "gender": "Female"}), "nothing added", (1, 0, 0)),
+            ((Movie, {"title": "Only Me", "release_date": date(2020, 1, 1)}), "nothing added", (0, 1, 0)),
+        ]
+        for there, output, counts in cases:
+            with self.subTest(there=there and there[0].__name__):
+                if there:
+                    self.add(there[0], **there[1])
+                result = self.app.test_cli_runner().invoke(args=["seed", "--if-empty"])
+                self.assertEqual(result.exit_code, 0, result.output)
+                self.assertIn(output, result.output)
+                self.assertEqual(self.counts(), counts)
+                self._empty_database()
+
+
+class ManagePyTest(unittest.TestCase):
+    def test_db_upgrade_then_seed(self):
+        """`python manage.py db upgrade` and `python manage.py seed`, as the README gives them."""
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        url = f"sqlite:///{folder.name}/manage.db"
+        # An issuer configured, so that no local issuer key is made in the checkout.
+        env = clean_environment(DATABASE_URL=url, AUTH0_DOMAIN="tenant.eu.auth0.com", API_AUDIENCE="casting-agency")
+
+        def manage(*arguments):
+            return subprocess.run(  # noqa: S603 (our own script)
+                [sys.executable, "manage.py", *arguments],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        upgraded = manage("db", "upgrade")
+        self.assertEqual(upgraded.returncode, 0, upgraded.stderr)
+        app = create_app(app_config(DATABASE_URL=url))
+        self.addCleanup(dispose, app)
+        self.assertEqual(schema_differences(app), [])
+        for output in (f"{len(ACTORS) + len(MOVIES) + len(CASTINGS)} rows added", "already there"):
+            seeded = manage("seed")
+            self.assertEqual(seeded.returncode, 0, seeded.stderr)
+            self.assertIn(output, seeded.stdout)
+            with app.app_context():
+                counts = [db.session.scalar(select(func.count()).select_from(m)) for m in (Actor, Movie, Casting)]
+            self.assertEqual(counts, [len(ACTORS), len(MOVIES), len(CASTINGS)])

@@ -6,7 +6,9 @@ negative inputs)."""
 import datetime
 import re
 import unittest
+from unittest import mock
 
+import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -81,6 +83,106 @@ class DescriptionTest(unittest.TestCase):
                         except Exception:
                             accepted = False
                         self.assertEqual(bool(pattern.search(text)), accepted, text)
+
+
+def described():
+    return app.test_client().get("/openapi.json").get_json()
+
+
+def resolve(spec, item):
+    """An object of the description, its $ref followed."""
+    while "$ref" in item:
+        section, kind, name = item["$ref"].split("/")[1:]
+        item = spec[section][kind][name]
+    return item
+
+
+def operations(spec):
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                yield method.upper(), path, operation
+
+
+class ExamplesTest(unittest.TestCase):
+    """/docs shows the examples of the description and its "Try it out" sends
+    them (Swagger UI takes a property's first example; without one it makes a
+    value up, from the pattern of a text field): each must be realistic."""
+
+    def test_every_property_has_an_example_it_accepts(self):
+        spec = described()
+        for name, component in spec["components"]["schemas"].items():
+            for field, prop in component.get("properties", {}).items():
+                if "$ref" in prop or prop.get("type") == "array":
+                    continue  # shown from the schema it refers to
+                with self.subTest(f"{name}.{field}"):
+                    self.assertTrue(prop.get("examples"), prop)
+                    validator = jsonschema_rs.Draft202012Validator(prop, validate_formats=True)
+                    for example in prop["examples"]:
+                        self.assertTrue(validator.is_valid(example), example)
+
+    def test_try_it_out_sends_bodies_the_api_accepts(self):
+        spec = described()
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        ids = {
+            "actor_id": client.get("/actors", headers=headers).get_json()["actors"][0]["id"],
+            "movie_id": client.get("/movies", headers=headers).get_json()["movies"][0]["id"],
+        }
+        tried = 0
+        for method, path, operation in operations(spec):
+            if "requestBody" not in operation:
+                continue
+            with self.subTest(method, path=path):
+                body_schema = resolve(spec, operation["requestBody"]["content"]["application/json"]["schema"])
+                body = {k: p["examples"][0] for k, p in body_schema["properties"].items() if not p.get("readOnly")}
+                url = re.sub(r"{(\w+)}", lambda match: str(ids[match[1]]), path)
+                response = client.open(url, method=method, json=body, headers=headers)
+                successes = {int(status) for status in operation["responses"] if status.startswith("2")}
+                self.assertIn(response.status_code, successes, response.get_json())
+                tried += 1
+        self.assertEqual(tried, 5)  # POST and PATCH of actors and movies, PUT of a casting
+
+    def test_error_examples_are_answers_the_api_gives(self):
+        spec = described()
+        producer, assistant = (
+            {"Authorization": f"Bearer {ISSUER_ON_LOOPBACK.role_token(role)}"}
+            for role in ("Executive Producer", "Casting Assistant")
+        )
+        actor = app.test_client().get("/actors", headers=producer).get_json()["actors"][0]["id"]
+        cases = [  # (method, path, how to make the error, status)
+            ("GET", "/actors", {"query_string": "per_page=0", "headers": producer}, 400),
+            ("POST", "/actors", {"data": "{", "content_type": "application/json", "headers": producer}, 400),
+            ("GET", "/actors", {}, 401),
+            ("POST", "/movies", {"json": {}, "headers": assistant}, 403),
+            ("POST", "/actors", {"data": "x" * (2 * 1024 * 1024), "headers": producer}, 413),
+            ("POST", "/actors", {"data": "{}", "content_type": "text/plain", "headers": producer}, 415),
+            ("PATCH", "/actors/{actor_id}", {"json": {"age": 34.5}, "headers": producer}, 422),
+        ]
+        for method, path, request, status in cases:
+            with self.subTest(method, path=path, status=status):
+                response = resolve(spec, spec["paths"][path][method.lower()]["responses"][str(status)])
+                url = path.replace("{actor_id}", str(actor))
+                answer = app.test_client().open(url, method=method, **request)
+                self.assertEqual(answer.status_code, status)
+                self.assertEqual(response["content"]["application/json"]["example"], answer.get_json())
+        down = create_app(app_config(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))  # nothing on port 1
+        with self.assertLogs("app", "WARNING"):
+            unavailable = down.test_client().get("/actors", headers=producer)
+        dispose(down)
+        with mock.patch("app.Listing.page", side_effect=RuntimeError), self.assertLogs("app", "ERROR"):
+            failed = app.test_client().get("/actors", headers=producer)
+        for answer, status in ((unavailable, "503"), (failed, "default")):
+            with self.subTest(status=status):
+                example = resolve(spec, spec["paths"]["/actors"]["get"]["responses"][status])
+                self.assertEqual(example["content"]["application/json"]["example"], answer.get_json())
+        for method, path, operation in operations(spec):
+            for status, response in operation["responses"].items():
+                if status[0] in "45" or status == "default":
+                    with self.subTest(method, path=path, status=status):
+                        example = resolve(spec, response)["content"]["application/json"]["example"]
+                        self.assertEqual(example["error"], 500 if status == "default" else int(status))
+                        self.assertIs(example["success"], False)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,140 +7,55 @@ for itself, over real HTTP on 127.0.0.1.
   casting PUT many times at once, many POSTs at once; no 5xx, and the database
   holds what the answers said.
 * The access log: one line per request with its method, path, status and the
-  request id of the X-Request-ID header, and never a bearer token.
+  request id of the X-Request-ID header, and never a query string or a token.
+* The limits of a request: gunicorn lets every request the API allows through
+  (a long search, a token of many kilobytes), and a body over the limit is a
+  JSON 413 the client reads.
+* DB_POOL_SIZE: a hard cap on a worker's connections, however many requests wait.
 
 The module makes one PostgreSQL cluster with `initdb` in a temporary folder
 (as the `postgres` user when the tests run as root), creates a database and
-runs the release phase's `flask db upgrade` on it, and stops it. Each stack
+runs the Procfile's release command on it, and stops it. Each stack
 copies that folder and runs it with `pg_ctl` on a free port of 127.0.0.1: a
 PostgreSQL of its own. On it, `gunicorn 'app:create_app()'` starts from the
 repo folder as the Procfile says (so ./gunicorn.conf.py applies), in its own
-process group, with tokens from a `testing.Issuer` on loopback. Everything is
-stopped and removed by cleanups, also when a test fails.
+process group, with tokens from an issuer on loopback. The harness is
+loopback.py's, shared with the benchmark. Everything is stopped and removed by
+cleanups, also when a test fails.
 """
 
 import concurrent.futures
-import contextlib
-import glob
-import http.client
 import json
 import os
 import re
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import unittest
+import urllib.parse
 import uuid
 
-import psycopg2
-
 import testing
+from app import create_app
+from auth import ROLES
+from loopback import (
+    CAN_RUN_POSTGRES,
+    Gunicorn,
+    Issuer,
+    Postgres,
+    call,
+    clean_environment,
+    free_port,
+    needs_postgres,
+    rsa_key,
+    run_procfile,
+)
 from test_audit import replay
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.dirname(sys.executable)
-HOST = "127.0.0.1"
 PRODUCER = "Executive Producer"
-
-# Settings of the machine or of a developer that must not reach the server.
-SCRUBBED = (
-    "AUTH0_DOMAIN",
-    "AUTH0_ISSUER",
-    "JWKS_URL",
-    "API_AUDIENCE",
-    "REQUIRE_ISSUER",
-    "DATABASE_URL",
-    "TEST_DATABASE_URL",
-    "CORS_ORIGINS",
-    "MAX_CONTENT_LENGTH",
-    "DB_POOL_SIZE",
-    "JWKS_TIMEOUT",
-    "JWKS_MIN_REFETCH_INTERVAL",
-    "PORT",
-    "WEB_CONCURRENCY",
-    "FLASK_APP",
-    "GUNICORN_CMD_ARGS",
-)
-
-
-def _postgres_bin():
-    """The newest PostgreSQL's binaries folder, or None."""
-    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
-    if found:
-        newest = max(found, key=lambda path: int(re.sub(r"\D", "", path.split("/")[4]) or 0))
-        return os.path.dirname(newest)
-    initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
-
-
-def _postgres_user():
-    """(uid, gid) of the `postgres` user, or None."""
-    import pwd
-
-    try:
-        entry = pwd.getpwnam("postgres")
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
-
-
-PG_BIN = _postgres_bin()
-AS_ROOT = os.geteuid() == 0
-CAN_RUN_POSTGRES = bool(PG_BIN) and (not AS_ROOT or _postgres_user() is not None and shutil.which("runuser"))
-# A developer without PostgreSQL's server binaries skips these; CI (CI=true) never does.
-needs_postgres = unittest.skipUnless(
-    CAN_RUN_POSTGRES or os.environ.get("CI"), "needs PostgreSQL's initdb and pg_ctl (and, as root, runuser)"
-)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def tag():
     """A unique word, so that tests sharing a database find their own rows."""
     return "t" + uuid.uuid4().hex[:10]
-
-
-# --- HTTP ---------------------------------------------------------------------
-
-
-class Reply:
-    def __init__(self, status, headers, raw):
-        self.status = status
-        self.headers = headers  # case-insensitive
-        self.raw = raw
-
-    def json(self):
-        return json.loads(self.raw)
-
-    def __repr__(self):
-        return f"<{self.status} {self.raw[:300]!r}>"
-
-
-def call(port, method, path, token=None, body=None, headers=None, timeout=20):
-    """One request on its own connection, read to the end and closed."""
-    headers = dict(headers or {})
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        connection.request(method, path, body=data, headers=headers)
-        with connection.getresponse() as response:
-            return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
 
 
 def concurrently(calls, workers=24, timeout=60):
@@ -155,194 +70,35 @@ def concurrently(calls, workers=24, timeout=60):
         return [future.result() for future in futures]
 
 
-# --- PostgreSQL -----------------------------------------------------------------
-
-
-class Postgres:
-    """A PostgreSQL cluster of its own in a temporary folder, on a free port."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="casting-agency-pg-")
-        self.data = os.path.join(self.dir, "data")
-        self.log = os.path.join(self.dir, "postgres.log")
-        self.port = free_port()
-        self.running = False
-        if AS_ROOT:  # initdb and pg_ctl refuse root: they run as postgres, who must write here
-            os.chown(self.dir, *_postgres_user())
-
-    def _run(self, tool, *args, check=True, timeout=60):
-        command = [os.path.join(PG_BIN, tool), *args]
-        if AS_ROOT:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(  # noqa: S603 (fixed programs, our arguments)
-            command,
-            cwd=self.dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stdout}{result.stderr}{self.log_text()}")
-        return result
-
-    def log_text(self):
-        try:
-            with open(self.log) as file:
-                return file.read()[-3000:]
-        except OSError:
-            return ""
-
-    def init(self):
-        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
-
-    def copy_of(self, template):
-        """Another cluster's (stopped) data folder as this one's, owners kept."""
-        subprocess.run(["cp", "-a", template.data, self.data], check=True, timeout=60)  # noqa: S603, S607
-
-    def start(self):
-        options = (
-            f"-k {self.dir} -c listen_addresses={HOST} -p {self.port} -c max_connections=50 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self.running = True  # from here on, the cleanup stops it
-        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "30", "start")
-
-    def stop(self, mode="fast"):
-        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "30", "stop")
-        self.running = False
-
-    def close(self):
-        if self.running:
-            result = self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "30", "stop", check=False)
-            if result.returncode != 0:
-                self._kill_postmaster()
-            self.running = False
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _kill_postmaster(self):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(os.path.join(self.data, "postmaster.pid")) as file:
-                pid = int(file.readline())
-            os.kill(pid, signal.SIGQUIT)  # immediate shutdown of the postmaster we started
-
-    def url(self, database):
-        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
-
-    def connect(self, database="postgres"):
-        return contextlib.closing(psycopg2.connect(host=HOST, port=self.port, user="postgres", dbname=database))
-
-    def create_database(self, name):
-        with self.connect() as connection:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-
-    def query(self, database, sql, params=()):
-        with self.connect(database) as connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-            connection.rollback()
-            return rows
-
-
 # --- the production stack -------------------------------------------------------
 
 
-def procfile_web():
-    with open(os.path.join(HERE, "Procfile")) as file:
-        lines = dict(line.split(": ", 1) for line in file.read().splitlines() if line.strip())
-    return shlex.split(lines["web"])
-
-
 def server_env(issuer, database_url, **more):
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
-    env.update(
+    """The app's settings for these tests, and nothing of the machine's or .env."""
+    return clean_environment(
         DATABASE_URL=database_url,
-        AUTH0_ISSUER=testing.ISSUER,
+        AUTH0_ISSUER=issuer.issuer,
         JWKS_URL=issuer.jwks_url,
-        API_AUDIENCE=testing.AUDIENCE,
+        API_AUDIENCE=issuer.audience,
         PYTHONUNBUFFERED="1",
         **more,
     )
-    return env
-
-
-class Gunicorn:
-    """The Procfile's web command, in its own process group, its output in a file."""
-
-    def __init__(self, env, log_path):
-        self.port = int(env["PORT"])
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (the Procfile's own command)
-                procfile_web(),
-                cwd=HERE,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if call(self.port, "GET", "/health", timeout=5).status == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")
-
-    def log(self):
-        with open(self.log_path, encoding="utf-8", errors="replace") as file:
-            return file.read()
-
-    def stop(self):
-        group = self.process.pid  # start_new_session: the master leads its own group
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)  # any worker the master left behind
-
-
-def close_issuer(issuer):
-    issuer.server.shutdown()
-    issuer.server.server_close()
 
 
 DATABASE = "casting_agency"
 
 
 def migrated_cluster():
-    """initdb, a database, and the release phase's `flask db upgrade` on it; then
+    """initdb, a database, and the Procfile's release command on it; then
     stopped, to be copied by each stack (which saves seconds per stack)."""
     pg = Postgres()
     try:
         pg.init()
         pg.start()
         pg.create_database(DATABASE)
-        result = subprocess.run(  # noqa: S603 (the release phase's command)
-            [os.path.join(BIN, "flask"), "db", "upgrade"],
-            cwd=HERE,
-            env=server_env(testing.ISSUER_ON_LOOPBACK, pg.url(DATABASE)),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_procfile("release", server_env(testing.ISSUER_ON_LOOPBACK, pg.url(DATABASE)))
         if result.returncode != 0:
-            raise RuntimeError(f"flask db upgrade failed: {result.stdout}{result.stderr}")
+            raise RuntimeError(f"the release command failed: {result.stdout}{result.stderr}")
         tables = {row[0] for row in pg.query(DATABASE, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         if not {"actors", "movies", "castings", "alembic_version"} <= tables:
             raise RuntimeError(f"the migrations made only {sorted(tables)}")
@@ -376,8 +132,8 @@ class Stack:
     and removed, even when a later step fails."""
 
     def __init__(self, cleanup):
-        self.issuer = testing.Issuer()
-        cleanup(close_issuer, self.issuer)
+        self.issuer = Issuer(testing.ISSUER, testing.AUDIENCE)
+        cleanup(self.issuer.stop)
         self.pg = Postgres()
         cleanup(self.pg.close)
         self.pg.copy_of(_template)
@@ -797,19 +553,21 @@ class AccessLogTest(StackTestCase):
                 self.assertEqual(len(lines), 1, f"lines naming {request_id}: {lines}")
                 line = lines[0]
                 self.assertRegex(line, rf"(?<![A-Za-z]){method}(?![A-Za-z])")
-                self.assertRegex(line, rf"(?<![^\s\"'=]){re.escape(path)}(?![^\s\"'?])")
+                self.assertRegex(line, rf"(?<![^\s\"'=]){re.escape(path)}(?![^\s\"'])")
                 self.assertRegex(line, rf"(?<!\d){status}(?!\d)")
+                self.assertNotIn("?", line)  # never the query string: it may hold what a user searched for
+                self.assertNotIn("per_page", line)
 
     def test_no_bearer_token_reaches_the_log(self):
         issuer = self.stack.issuer
-        permissions = testing.ROLES[PRODUCER]
+        permissions = ROLES[PRODUCER]
         good = issuer.role_token(PRODUCER)
         signature = good.rsplit(".", 1)[1]
         tampered = good.rsplit(".", 1)[0] + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
         tokens = {
             "valid": good,
             "tampered": tampered,
-            "forged": issuer.token(permissions, key=testing.rsa_key()),
+            "forged": issuer.token(permissions, key=rsa_key()),
             "expired": issuer.token(permissions, exp=int(time.time()) - 120),
             "wrong audience": issuer.token(permissions, aud="someone-else"),
             "HS256": issuer.token(permissions, key="a-shared-secret-of-32-bytes-or-more!", algorithm="HS256"),
@@ -852,6 +610,89 @@ class AccessLogTest(StackTestCase):
                     self.assertFalse(claims in log, f"the {label} token's claims are in the log")
         self.assertFalse("eyJ" in log, "something like a JWT (eyJ...) is in the log")  # how every JWT header starts
         self.assertIsNone(re.search(r"(?i)bearer\s+\S", log), "a bearer credential is in the log")
+
+
+# --- 4. the limits of a request ---------------------------------------------------------
+
+
+@needs_postgres
+class RequestLimitsTest(StackTestCase):
+    """gunicorn's own limits (gunicorn.conf.py) let every request through that
+    the API allows, and the app's 413 reaches the client through gunicorn."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack(cls.addClassCleanup)
+
+    def test_gunicorns_limits_let_the_apis_requests_through(self):
+        searched = urllib.parse.quote("\U0001f3ac" * 200)  # 200 characters of 4 bytes: 2,400 bytes encoded
+        self.assertEqual(len(searched), 2400)
+        # Many permissions and claims: 12 kB, over gunicorn's default of 8,190 bytes a header.
+        big_token = self.stack.issuer.token(ROLES[PRODUCER], metadata="x" * 8500)
+        self.assertGreater(len(big_token), 12000)
+        huge_token = self.stack.issuer.token(ROLES[PRODUCER], metadata="x" * 13000)  # over 16,384 bytes
+        # Unknown parameters are ignored: they fill a request line to a length.
+        padded = "/actors?per_page=100&q=" + searched + "&pad="
+        cases = [  # (path, token, status, who answers)
+            ("/actors?per_page=100&q=" + searched, self.stack.token, 200, "the API"),
+            (padded + "x" * (8000 - len(padded)), self.stack.token, 200, "the API"),  # over gunicorn's default 4,094
+            (padded + "x" * (8200 - len(padded)), self.stack.token, 414, "gunicorn"),  # over gunicorn.conf.py's 8,190
+            ("/actors", big_token, 200, "the API"),
+            ("/actors", huge_token, 431, "gunicorn"),
+        ]
+        for path, token, status, answering in cases:
+            with self.subTest(path=len(path), token=len(token)):
+                reply = self.call("GET", path, token=token)
+                self.assertEqual(reply.status, status, reply)
+                # gunicorn's own refusals are HTML: no request the API allows may meet them.
+                json_answer = reply.headers.get_content_type() == "application/json"
+                self.assertEqual(json_answer, answering == "the API", reply)
+
+    def test_a_body_over_the_limit_is_a_json_413_the_client_reads(self):
+        # 32 MiB: more than the sockets buffer, so the client only sees the answer if the app reads the body.
+        body = json.dumps(actor("x" * (32 * 1024 * 1024))).encode()
+        reply = self.call("POST", "/actors", body, headers={"Content-Type": "application/json"})
+        self.assertIn("larger than 1048576 bytes", self.assertEnvelope(reply, 413)["message"])
+        self.assertEqual(self.stack.query("SELECT count(*) FROM actors WHERE length(name) > 1000"), [(0,)])
+
+
+# --- 5. the connection pool --------------------------------------------------------------
+
+
+@needs_postgres
+class PoolCapTest(unittest.TestCase):
+    def test_db_pool_size_is_a_hard_cap_under_concurrent_requests(self):
+        # A worker (here, the app in this process) serving many requests at
+        # once never opens more than DB_POOL_SIZE connections: the others wait.
+        pg = Postgres()
+        self.addCleanup(pg.close)
+        pg.copy_of(_template)
+        pg.start()
+        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2))
+        self.addCleanup(testing.dispose, app)
+        headers = {"Authorization": f"Bearer {testing.ISSUER_ON_LOOPBACK.role_token(PRODUCER)}"}
+
+        def connections(locker_pid):
+            """The app's connections to the database now."""
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)"
+            return pg.query(DATABASE, sql, (DATABASE, locker_pid))[0][0]
+
+        with pg.connect(DATABASE) as locker, locker.cursor() as cursor:
+            # Every request's SELECT waits for this lock, holding its connection.
+            cursor.execute("SELECT pg_backend_pid()")
+            locker_pid = cursor.fetchone()[0]
+            cursor.execute("LOCK TABLE actors IN ACCESS EXCLUSIVE MODE")
+            with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+                replies = [pool.submit(lambda: app.test_client().get("/actors", headers=headers)) for _ in range(8)]
+                seen = []
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    seen.append(connections(locker_pid))
+                    time.sleep(0.1)
+                locker.rollback()  # the lock goes: every request is served, in turn
+                statuses = [reply.result(timeout=30).status_code for reply in replies]
+        self.assertEqual(max(seen), 2, seen)
+        self.assertEqual(statuses, [200] * 8)
 
 
 if __name__ == "__main__":

@@ -5,96 +5,21 @@ The suite makes its own RSA keys and publishes them as a JWKS over real HTTP on
 code under test. No test needs the internet.
 """
 
-import json
 import os
 import tempfile
-import threading
-import time
 import unittest
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
 from flask_migrate import upgrade
 from sqlalchemy import text
 
 from app import create_app
-from auth import ROLES
+from loopback import Issuer
 from models import columns, db
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "casting-agency-test"
 
-
-def rsa_key():
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_jwk(private_key, kid):
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
-    return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
-
-
-class Issuer:
-    """Signs tokens and serves its JWKS on loopback, counting the fetches."""
-
-    def __init__(self):
-        self.key = rsa_key()
-        self.kid = "test-key-1"
-        self.published = {self.kid: self.key}
-        self.fetches = 0
-        self.failing = False  # answer 500 to every fetch
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                issuer.fetches += 1
-                if issuer.failing or self.path != "/.well-known/jwks.json":
-                    self.send_error(500 if issuer.failing else 404)
-                    return
-                keys = [public_jwk(key, kid) for kid, key in issuer.published.items()]
-                body = json.dumps({"keys": keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.jwks_url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
-
-    def reset(self):
-        self.published = {self.kid: self.key}
-        self.fetches = 0
-        self.failing = False
-
-    def token(self, permissions=(), *, key=None, headers=None, algorithm="RS256", drop=(), **claims):
-        """A token: valid by default; keyword arguments override claims, `drop`
-        removes some, `headers` overrides header fields."""
-        now = int(time.time())
-        payload = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "auth0|test",
-            "iat": now,
-            "exp": now + 3600,
-            "permissions": list(permissions) if isinstance(permissions, (list, tuple)) else permissions,
-            **claims,
-        }
-        for claim in drop:
-            payload.pop(claim)
-        return jwt.encode(payload, key or self.key, algorithm=algorithm, headers={"kid": self.kid, **(headers or {})})
-
-    def role_token(self, role):
-        return self.token(ROLES[role])
-
-
-ISSUER_ON_LOOPBACK = Issuer()
+ISSUER_ON_LOOPBACK = Issuer(ISSUER, AUDIENCE)
 
 _sqlite_dir = tempfile.TemporaryDirectory(prefix="casting-agency-tests-")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_sqlite_dir.name}/test.db"
@@ -146,6 +71,7 @@ class ApiTestCase(unittest.TestCase):
 
     def setUp(self):
         ISSUER_ON_LOOPBACK.reset()
+        self.addCleanup(ISSUER_ON_LOOPBACK.reset)  # left as found, for the tests that are no ApiTestCase
         self.issuer = ISSUER_ON_LOOPBACK
         self.app = create_app(app_config(**self.config))
         prepare_database(self.app)

@@ -31,27 +31,25 @@ import random
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import jwt
 import psycopg2
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV_BIN = REPO / ".venv" / "bin"
+sys.path.insert(0, str(REPO))  # the app's modules, and loopback's issuer and gunicorn (shared with the tests)
+
+from loopback import Gunicorn, Issuer, free_port  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
@@ -139,52 +137,6 @@ OPERATIONS = [
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --- the token issuer ------------------------------------------------------------
-
-
-class Issuer:
-    """An RSA key published as a JWKS on loopback (counting the fetches) that signs tokens."""
-
-    def __init__(self):
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.kid = "bench-key-1"
-        self.fetches = 0
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        body = json.dumps({"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}]}).encode()
-        issuer = self
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                with lock:
-                    issuer.fetches += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.jwks_url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
-
-    def token(self, permissions, lifetime=3600):
-        now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench|producer", "iat": now, "exp": now + lifetime}
-        claims["permissions"] = permissions
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 # --- the database ----------------------------------------------------------------
@@ -300,45 +252,15 @@ def delete_actors_after(last_id):
 # --- the server ------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(issuer, port, log_file):
-    """gunicorn as deployed (it reads ./gunicorn.conf.py), in its own process group."""
-    env = app_environment(issuer, PORT=str(port), WEB_CONCURRENCY=str(WORKERS))
-    server = subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "app:create_app()"],
-        cwd=REPO,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with status {server.returncode}; see {log_file.name}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"gunicorn did not answer on port {port} within 30 s; see {log_file.name}")
-
-
-def stop_server(server):
-    """SIGTERM to the master (a graceful stop); SIGKILL to its process group if it lingers."""
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+def start_server(issuer, port, log_path):
+    """gunicorn as deployed (the Procfile's command; it reads ./gunicorn.conf.py), in its own process group."""
+    server = Gunicorn(app_environment(issuer, PORT=str(port), WEB_CONCURRENCY=str(WORKERS)), log_path)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def get_json(url, token):
@@ -414,7 +336,7 @@ def profile(server, base, script, env, wrk_log, out):
     (--nonblocking: it never pauses them); keep the collapsed stacks in `out`
     and return a summary of where the samples were."""
     seconds = 5
-    command = [str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking"]
+    command = [str(VENV_BIN / "py-spy"), "record", "--pid", str(server.process.pid), "--subprocesses", "--nonblocking"]
     command += ["--full-filenames", "--format", "raw", "--duration", str(seconds), "--output", str(out)]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # let it attach
@@ -570,16 +492,16 @@ def main():
     results, notes = {}, []
     # A SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with open(run_dir / "gunicorn.log", "w") as server_log, open(run_dir / "wrk.log", "w") as wrk_log:
+    with open(run_dir / "wrk.log", "w") as wrk_log:
         try:
-            issuer = Issuer()
+            issuer = Issuer(ISSUER, AUDIENCE, kid="bench-key-1")
             log(f"JWKS on {issuer.jwks_url}; logs in {run_dir}")
             create_database(issuer)
             log(f"database {DATABASE} created and migrated")
-            token = issuer.token(PRODUCER)
+            token = issuer.token(PRODUCER, sub="bench|producer")
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            server = start_server(issuer, port, server_log)
+            server = start_server(issuer, port, run_dir / "gunicorn.log")
             log(f"gunicorn ({WORKERS} workers) on {base}")
             for size in SIZES:
                 run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir)
@@ -595,7 +517,7 @@ def main():
             log(f"written to {BENCH / 'results.md'} ({time.monotonic() - begun:.0f} s in all)")
         finally:
             if server is not None:
-                stop_server(server)
+                server.stop()
                 log("gunicorn stopped")
             if issuer is not None:
                 issuer.stop()
