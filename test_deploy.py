@@ -1,11 +1,17 @@
-"""The Procfile's commands resolve, and its production start fails closed
-without a token issuer."""
+"""The Procfile's commands resolve, its production start fails closed without a
+token issuer, and requirements.txt (what Heroku installs) holds what the service
+needs and no test tool."""
 
+import ast
 import os
+import re
 import shlex
 import subprocess
 import sys
 import unittest
+from importlib import metadata
+
+from packaging.requirements import Requirement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -45,3 +51,72 @@ class ProcfileTest(unittest.TestCase):
         result = run([*web, "--check-config"], AUTH0_DOMAIN="tenant.eu.auth0.com", API_AUDIENCE="casting-agency")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("LOCAL ISSUER", result.stderr)
+
+
+# --- what Heroku installs -----------------------------------------------------------
+
+TEST_TOOLS = {"pytest", "pytest-cov", "coverage", "ruff", "schemathesis", "hypothesis", "iniconfig", "pluggy"}
+SERVICE_MODULES = ("app", "auth", "models", "schemas", "seed", "manage")
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(filename):
+    """{canonical name: Requirement} of a requirements file, and its -r lines."""
+    pinned, included = {}, []
+    with open(os.path.join(HERE, filename)) as file:
+        for line in file:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                included.append(line[3:].strip())
+            elif line:
+                requirement = Requirement(line)
+                pinned[canonical(requirement.name)] = requirement
+    return pinned, included
+
+
+class RequirementsTest(unittest.TestCase):
+    """requirements.txt is what Heroku installs: the service's packages, every one
+    pinned, and nothing else; the test and lint tools are in requirements-dev.txt,
+    which includes it."""
+
+    def test_every_package_is_pinned_and_no_test_tool_is_in_requirements_txt(self):
+        runtime, included = requirements("requirements.txt")
+        self.assertEqual(included, [])
+        for name, requirement in runtime.items():
+            with self.subTest(name):
+                self.assertRegex(str(requirement.specifier), r"^==[^,*]+$")
+        self.assertEqual(TEST_TOOLS & set(runtime), set())
+        dev, included = requirements("requirements-dev.txt")
+        self.assertEqual(included, ["requirements.txt"])
+        self.assertLessEqual(TEST_TOOLS, set(dev))
+        self.assertEqual(set(dev) & set(runtime), set(), "pinned in both files")
+
+    def test_requirements_txt_holds_everything_its_packages_need(self):
+        """Closed under the installed packages' own requirements, so that a fresh
+        `pip install -r requirements.txt` brings in nothing unpinned."""
+        runtime, _ = requirements("requirements.txt")
+        for name, requirement in runtime.items():
+            for needed in metadata.requires(name) or []:
+                needed = Requirement(needed)
+                applies = needed.marker is None or any(
+                    needed.marker.evaluate({"extra": extra}) for extra in (requirement.extras or {""})
+                )
+                if applies:
+                    with self.subTest(name, needs=needed.name):
+                        self.assertTrue(canonical(needed.name) in runtime, f"{name} needs {needed.name}: pin it")
+
+    def test_the_service_imports_only_what_requirements_txt_installs(self):
+        runtime, _ = requirements("requirements.txt")
+        distributions = metadata.packages_distributions()
+        for module in SERVICE_MODULES:
+            with open(os.path.join(HERE, f"{module}.py")) as file:
+                tree = ast.parse(file.read())
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+            for top in {name.split(".")[0] for name in imported} - set(sys.stdlib_module_names) - set(SERVICE_MODULES):
+                with self.subTest(module, imports=top):
+                    found = {canonical(d) for d in distributions.get(top, [])}
+                    self.assertTrue(found & set(runtime), f"{module} imports {top}, which requirements.txt lacks")
