@@ -56,7 +56,7 @@ class ProcfileTest(unittest.TestCase):
 # --- what Heroku installs -----------------------------------------------------------
 
 TEST_TOOLS = {"pytest", "pytest-cov", "coverage", "ruff", "schemathesis", "hypothesis", "iniconfig", "pluggy"}
-SERVICE_MODULES = ("app", "auth", "models", "schemas", "seed", "manage", "ratelimit")
+SERVICE_MODULES = ("app", "auth", "models", "schemas", "seed", "manage", "ratelimit", "gunicorn_worker")
 
 
 def canonical(name):
