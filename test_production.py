@@ -128,8 +128,9 @@ class Reply:
         return f"<{self.status} {self.raw[:300]!r}>"
 
 
-def call(port, method, path, token=None, body=None, headers=None, timeout=20):
-    """One request on its own connection, read to the end and closed."""
+def call(port, method, path, token=None, body=None, headers=None, timeout=20, source=None):
+    """One request on its own connection, read to the end and closed; `source`,
+    another loopback address (127.0.0.2, ...), makes it come from another client."""
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -137,7 +138,7 @@ def call(port, method, path, token=None, body=None, headers=None, timeout=20):
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=source and (source, 0))
     try:
         connection.request(method, path, body=data, headers=headers)
         with connection.getresponse() as response:
