@@ -7,7 +7,10 @@ prints one table (also written to bench/results.md with the machine and the
 command): requests/s, p50 and p99 latency, throughput as a share of the ceiling
 (the app's trivial `GET /`, same server, same size), the largest size's p50 as
 a ratio of the smallest's, the responses that were not 2xx, and the JWKS fetches
-the issuer saw during the timed runs.
+the issuer saw during the timed runs. The rate limits are set out of the way (one
+token sends every request); one more row, GET /actors/<id> at the smallest size
+on a second server whose limits count in a redis-server the bench starts, gives
+their cost.
 
 With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
 samples the gunicorn workers from outside; the hottest packages and functions
@@ -97,6 +100,9 @@ OPERATIONS = [
     ("patch_actor", "PATCH /actors/<id>", "patch_actor.lua", None, 1.3),
     ("post_actor", "POST /actors", "post_actor.lua", None, 1.3),  # last: it grows the table
 ]
+# One more row, at the smallest size only: GET /actors/<id> on a second server whose rate limits
+# count in a Redis the bench starts (REDIS_URL, as in production), so their cost is known.
+REDIS_ROW = ("get_actor_redis", "GET /actors/<id>, limits in Redis", "get_actor.lua", None, None)
 
 
 def log(message):
@@ -153,9 +159,13 @@ class Issuer:
 
 
 def app_environment(issuer, **extra):
-    """The environment the app runs in: this run's database and issuer, nothing from .env."""
+    """The environment the app runs in: this run's database and issuer, nothing from .env. The rate
+    limits are out of the way (one token sends every request), counted in each worker's memory unless
+    `extra` sets REDIS_URL."""
     env = dict(os.environ, DATABASE_URL=DATABASE_URL, AUTH0_DOMAIN="", AUTH0_ISSUER=ISSUER)
-    env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", **extra)
+    env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", REDIS_URL="")
+    env.update(RATE_LIMIT="100000000/second", RATE_LIMIT_ANONYMOUS="100000000/second", TRUSTED_PROXY_HOPS="0")
+    env.update(extra)
     return env
 
 
@@ -255,9 +265,9 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(issuer, port, log_file):
+def start_server(issuer, port, log_file, **settings):
     """gunicorn as deployed (it reads ./gunicorn.conf.py), in its own process group."""
-    env = app_environment(issuer, PORT=str(port), WEB_CONCURRENCY=str(WORKERS))
+    env = app_environment(issuer, PORT=str(port), WEB_CONCURRENCY=str(WORKERS), **settings)
     server = subprocess.Popen(
         [str(VENV_BIN / "gunicorn"), "app:create_app()"],
         cwd=REPO,
@@ -277,6 +287,27 @@ def start_server(issuer, port, log_file):
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"gunicorn did not answer on port {port} within 30 s; see {log_file.name}")
+
+
+def start_redis(port, log_file):
+    """redis-server on 127.0.0.1:port, no persistence; returned once it answers."""
+    import redis
+
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.RedisError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}; see {log_file.name}") from None
+            time.sleep(0.1)
 
 
 def stop_server(server):
@@ -388,7 +419,7 @@ def table(results):
         f"{smallest:,} | non-2xx | socket errors | JWKS fetches | targets |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name, label, _script, least_share, most_ratio in OPERATIONS:
+    for name, label, _script, least_share, most_ratio in [*OPERATIONS, REDIS_ROW]:
         for size in SIZES:
             r = results.get((name, size))
             if r is None:
@@ -467,7 +498,9 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 - Load: wrk `-t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency` per operation after an untimed {WARMUP} warm-up;
   gunicorn with {WORKERS} sync workers and `./gunicorn.conf.py` (access log on), PostgreSQL on 127.0.0.1,
   an Executive Producer's RS256 token checked against a JWKS served on loopback. wrk, gunicorn and
-  PostgreSQL share the machine's CPUs.
+  PostgreSQL share the machine's CPUs. Rate limits out of the way (budgets of 10^8 a second), counted in
+  each worker's memory, except for "limits in Redis": the same server with `REDIS_URL` set to a
+  redis-server on 127.0.0.1 (a Redis round trip per count and per header).
 - "of ceiling": requests/s as a share of `GET /` (no token, no database) at the same size in the same run.
   "p50 vs {min(SIZES):,}": the p50 at that size over the p50 at {min(SIZES):,} actors.
   "non-2xx": responses with status >= 300, counted by the Lua `response` hook (statuses in brackets).
@@ -487,7 +520,7 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 def main():
     started, begun, load_before = datetime.now(UTC), time.monotonic(), load_average()
     run_dir = Path(tempfile.mkdtemp(prefix="casting-bench-"))
-    issuer = server = None
+    issuer = server = redis_server = limited = None
     results, notes = {}, []
     # A SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -502,8 +535,15 @@ def main():
             base = f"http://127.0.0.1:{port}"
             server = start_server(issuer, port, server_log)
             log(f"gunicorn ({WORKERS} workers) on {base}")
+            redis_port, limited_port = free_port(), free_port()
+            redis_server = start_redis(redis_port, server_log)
+            limited = start_server(issuer, limited_port, server_log, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+            limited_base = f"http://127.0.0.1:{limited_port}"
+            log(f"and on {limited_base}, its rate limits counted in redis-server on port {redis_port}")
             for size in SIZES:
                 run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir)
+                if size == min(SIZES):
+                    run_redis_row(limited_base, size, token, issuer, results, wrk_log)
             timed_fetches = sum(result["jwks"] for result in results.values())
             notes.append(
                 f"- JWKS fetches outside the timed runs (checks, warm-ups): {issuer.fetches - timed_fetches} "
@@ -515,9 +555,13 @@ def main():
             write_results(text_table, "\n".join(notes), started, time.monotonic() - begun, load_before)
             log(f"written to {BENCH / 'results.md'} ({time.monotonic() - begun:.0f} s in all)")
         finally:
-            if server is not None:
-                stop_server(server)
-                log("gunicorn stopped")
+            for process in (server, limited):
+                if process is not None:
+                    stop_server(process)
+                    log("gunicorn stopped")
+            if redis_server is not None:
+                redis_server.terminate()
+                redis_server.wait(timeout=30)
             if issuer is not None:
                 issuer.stop()
 
@@ -546,6 +590,18 @@ def run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir
             f"{label} at {size:,}: {result['rps']:,.0f} req/s, p50 {result['p50']:.2f} ms, "
             f"p99 {result['p99']:.2f} ms, non-2xx {result['non2xx']}, JWKS fetches {result['jwks']}"
         )
+
+
+def run_redis_row(base, size, token, issuer, results, wrk_log):
+    """REDIS_ROW, on the data set of this size that run_size left."""
+    env = dict(os.environ, BENCH_DIR=str(BENCH), BENCH_TOKEN=token, BENCH_ACTORS=str(size))
+    name, label, script, _share, _ratio = REDIS_ROW
+    run_wrk(base, script, WARMUP, env, wrk_log)
+    fetches = issuer.fetches
+    result = run_wrk(base, script, DURATION, env, wrk_log)
+    result["jwks"] = issuer.fetches - fetches
+    results[(name, size)] = result
+    log(f"{label} at {size:,}: {result['rps']:,.0f} req/s, p50 {result['p50']:.2f} ms, non-2xx {result['non2xx']}")
 
 
 if __name__ == "__main__":
