@@ -70,7 +70,7 @@ def budget(config, name):
     """A budget setting, checked: a malformed one stops the start with a clear error."""
     value = str(config.get(name) or DEFAULTS[name]).strip()
     if not BUDGET.fullmatch(value):
-        raise RuntimeError(f"{name} must be N/second, N/minute or N/hour with N a whole number from 1, not {value!r}")
+        raise RuntimeError(f"{name} must be N/second, N/minute or N/hour, N from 1 to 999999999, not {value!r}")
     return value
 
 

@@ -21,6 +21,7 @@ is test_production.py's.
 """
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -109,7 +110,7 @@ def attempt(port, method, path, token=None, body=None, source=None, timeout=15):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = None
     if body is not None:
-        data = production.json.dumps(body).encode()
+        data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=source and (source, 0))
     try:
