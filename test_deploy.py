@@ -6,10 +6,12 @@ import ast
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import unittest
 from importlib import metadata
+from unittest import mock
 
 from packaging.requirements import Requirement
 
@@ -120,3 +122,41 @@ class RequirementsTest(unittest.TestCase):
                 with self.subTest(module, imports=top):
                     found = {canonical(d) for d in distributions.get(top, [])}
                     self.assertTrue(found & set(runtime), f"{module} imports {top}, which requirements.txt lacks")
+
+
+# --- a graceful stop -----------------------------------------------------------------
+
+
+class DrainingWorkerTest(unittest.TestCase):
+    """gunicorn_worker.DrainingSyncWorker, once SIGTERM has ended its loop: takes
+    every queued connection, closes the listening socket, then serves what it
+    took (test_fleet.py stops a real server under load)."""
+
+    def test_queued_connections_are_taken_then_the_socket_closed_then_they_are_served(self):
+        from gunicorn.workers.sync import SyncWorker
+
+        from gunicorn_worker import DrainingSyncWorker
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        listener.setblocking(False)  # as gunicorn's workers have it
+        address = listener.getsockname()
+        clients = [socket.create_connection(address) for _ in range(3)]
+        for client in clients:
+            self.addCleanup(client.close)
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        served = []
+
+        def handle(listener_, client, peer):
+            served.append((listener_.getsockname(), client.getblocking(), listener.fileno()))
+            client.close()
+
+        worker = DrainingSyncWorker.__new__(DrainingSyncWorker)  # no arbiter: only what run() uses
+        worker.sockets = [listener]
+        worker.handle = handle
+        with mock.patch.object(SyncWorker, "run") as loop:
+            worker.run()
+        loop.assert_called_once()
+        self.assertEqual(served, [(address, True, -1)] * 3)  # each served blocking, after the close
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5)
