@@ -32,6 +32,7 @@ import threading
 import time
 import unittest
 import uuid
+from collections import namedtuple
 
 import redis
 
@@ -128,6 +129,9 @@ def attempt(port, method, path, token=None, body=None, source=None, timeout=15):
         connection.close()
 
 
+Outcome = namedtuple("Outcome", "started ended kind value")
+
+
 class Load:
     """Clients on threads, each sending one request after another until stopped;
     `send(client, n)` makes a request, and every outcome is kept."""
@@ -141,7 +145,9 @@ class Load:
     def run(self, client):
         n = 0
         while not self.stopping.is_set():
-            self.outcomes.append((time.monotonic(), *self.send(client, n)))
+            started = time.monotonic()
+            kind, value = self.send(client, n)
+            self.outcomes.append(Outcome(started, time.monotonic(), kind, value))
             n += 1
 
     def __enter__(self):
@@ -157,10 +163,10 @@ class Load:
             raise AssertionError("a client is still waiting for an answer 60 s after the load stopped")
 
     def answered(self):
-        return [outcome[2] for outcome in self.outcomes if outcome[1] == "answered"]
+        return [outcome.value for outcome in self.of_kind("answered")]
 
     def of_kind(self, kind):
-        return [outcome for outcome in self.outcomes if outcome[1] == kind]
+        return [outcome for outcome in self.outcomes if outcome.kind == kind]
 
 
 @needs_fleet
@@ -320,7 +326,7 @@ class FleetTest(unittest.TestCase):
         return Load(send, clients)
 
     def assertServedThrough(self, load):
-        problems = [o for o in load.outcomes if o[1] != "answered" or o[2].status >= 500]
+        problems = [o for o in load.outcomes if o.kind != "answered" or o.value.status >= 500]
         self.assertEqual(problems, [], f"{len(problems)} of {len(load.outcomes)} requests failed")
         self.assertEqual({reply.status for reply in load.answered()}, {200})
 
@@ -331,7 +337,7 @@ class FleetTest(unittest.TestCase):
             self.redis.stop()
             stopped = time.monotonic()
             time.sleep(3)
-            during = [o for o in load.outcomes if o[0] > stopped]
+            during = [o for o in load.outcomes if o.started > stopped]
             self.redis.start()
             time.sleep(1)
         self.assertServedThrough(load)
@@ -389,8 +395,10 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(lost, [], f"{len(lost)} accepted requests got no answer")
         answered = load.answered()
         self.assertEqual({reply.status for reply in answered} - {200, 201}, set(), answered)
-        self.assertTrue(any(o[0] > signalled for o in load.of_kind("answered")), "nothing was streaming at the SIGTERM")
-        self.assertTrue(any(o[0] > exited for o in load.of_kind("refused")), "the clients stopped before the server")
+        in_flight = [o for o in load.of_kind("answered") if o.started < signalled < o.ended]
+        self.assertTrue(in_flight, "no request was in flight at the SIGTERM")
+        refused_after = [o for o in load.of_kind("refused") if o.started > exited]
+        self.assertTrue(refused_after, "the clients stopped before the server did")
         # Every write that was answered 201 is in the database, and no other.
         created = sorted(reply.json()["actor"]["id"] for reply in answered if reply.status == 201)
         sql = "SELECT id FROM actors WHERE name LIKE %s ORDER BY id"
