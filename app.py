@@ -46,6 +46,8 @@ from auth import init_auth, requires_auth, token_command
 from database import engine_options, execute, init_database, row_or_404
 from lists import ACTOR_COLUMNS, AUDIT_COLUMNS, MOVIE_COLUMNS, Listing, init_lists, next_link
 from models import MAX_ID, Actor, AuditEvent, Casting, Movie, db
+from ratelimit import HEADERS as RATE_LIMIT_HEADERS
+from ratelimit import init_rate_limits, rate_limited, settings
 
 MIB = 1024 * 1024
 # An oversized body is read and discarded up to this bound before the 413, so
@@ -90,6 +92,7 @@ def load_config(app, test_config):
         "SECRET_KEY": env.get("SECRET_KEY"),  # signs list cursors: see lists.py
         # Set by gunicorn.conf.py: a production start refuses the local issuer.
         "REQUIRE_ISSUER": env.get("REQUIRE_ISSUER", "") not in ("", "0"),
+        **settings(env),  # REDIS_URL, RATE_LIMIT, RATE_LIMIT_ANONYMOUS, TRUSTED_PROXY_HOPS
         "API_TITLE": "Casting Agency API",
         "API_VERSION": "1.0",
         "OPENAPI_VERSION": "3.1.0",
@@ -220,9 +223,9 @@ def error_example(status, **fields):
 
 
 def protected(blp, permission):
-    """requires_auth(permission), and the same fact in the OpenAPI description:
-    the bearer scheme, the permission (in `x-permission` and in words) and the
-    401, 403 and 503 (no keys from the issuer) answers."""
+    """requires_auth(permission) after the rate limits, and the same facts in the
+    OpenAPI description: the bearer scheme, the permission (in `x-permission`
+    and in words) and the 401, 403, 429 and 503 (no keys from the issuer) answers."""
 
     def decorator(view):
         documented = blp.doc(
@@ -231,8 +234,8 @@ def protected(blp, permission):
             **{"x-permission": permission},
         )(view)
         forbidden = error_example(403, message=f"permission '{permission}' is required")
-        documented = documented_errors(blp, 401, 403, 503, examples={403: forbidden})(documented)
-        return requires_auth(permission)(documented)
+        documented = documented_errors(blp, 401, 403, 429, 503, examples={403: forbidden})(documented)
+        return rate_limited(requires_auth(permission)(documented))
 
     return decorator
 
@@ -668,7 +671,8 @@ def create_app(test_config=None):
     init_auth(app)
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
     if origins:
-        CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=["Location"])
+        exposed = ["Location", *RATE_LIMIT_HEADERS]
+        CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=exposed)
 
     app.url_map.converters["id"] = IdConverter
     api = CastingApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin()})
@@ -689,6 +693,7 @@ def create_app(test_config=None):
     app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)
     app.after_request(security_headers)
+    init_rate_limits(app)
 
     from seed import seed_command
 

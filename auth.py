@@ -200,14 +200,23 @@ class Verifier:
         self.audience = audience
         self._verified = {}  # token -> (claims, kid)
 
+    def cached(self, token):
+        """The claims of a token verified before that still holds (its `exp` is
+        ahead, its key still published), or None. Costs no signature check."""
+        cached = self._verified.get(token)
+        if cached is None:
+            return None
+        claims, kid = cached
+        if time.time() < claims["exp"] and self.keys.known(kid):
+            return claims
+        self._verified.pop(token, None)
+        return None
+
     def verify(self, token):
         """Return the claims of a valid token; raise AuthError otherwise."""
-        cached = self._verified.get(token)
-        if cached is not None:
-            claims, kid = cached
-            if time.time() < claims["exp"] and self.keys.known(kid):
-                return claims
-            self._verified.pop(token, None)
+        claims = self.cached(token)
+        if claims is not None:
+            return claims
         claims, kid = self._verify(token)
         if len(self._verified) >= self.CACHE_SIZE:
             self._verified.clear()  # a crude bound, but a bound: no request pattern grows it further

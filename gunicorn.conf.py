@@ -11,6 +11,9 @@ os.environ.setdefault("REQUIRE_ISSUER", "1")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# The sync worker, but at a graceful stop (Heroku's SIGTERM) it serves the
+# connections already queued instead of leaving them to be reset.
+worker_class = "gunicorn_worker.DrainingSyncWorker"
 # Build the app once in the master: a misconfiguration stops the start with
 # one clear error instead of workers failing to boot in a loop.
 preload_app = True

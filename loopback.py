@@ -142,9 +142,10 @@ class Reply:
         return f"<{self.status} {self.raw[:300]!r}>"
 
 
-def call(port, method, path, token=None, body=None, headers=None, timeout=20):
+def call(port, method, path, token=None, body=None, headers=None, timeout=20, source=None):
     """One request on its own connection, read to the end and closed. `body`
-    is sent as JSON, unless it is bytes."""
+    is sent as JSON, unless it is bytes; `source`, another loopback address
+    (127.0.0.2, ...), makes it come from another client."""
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -152,7 +153,7 @@ def call(port, method, path, token=None, body=None, headers=None, timeout=20):
     if body is not None and not isinstance(body, bytes):
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=source and (source, 0))
     try:
         connection.request(method, path, body=data, headers=headers)
         with connection.getresponse() as response:
@@ -343,15 +344,20 @@ def clean_environment(**settings):
 
 class Gunicorn:
     """The Procfile's web command from the repository's folder (so that
-    ./gunicorn.conf.py applies), in its own process group, its output in a file."""
+    ./gunicorn.conf.py applies), in its own process group, its output in a file;
+    or, given `app`, the same command serving that app instead (the benchmark's
+    baseline)."""
 
-    def __init__(self, env, log_path):
+    def __init__(self, env, log_path, app=None):
         self.port = int(env["PORT"])
         self.log_path = log_path
         env = {**env, "PATH": BIN + os.pathsep + env.get("PATH", "")}
+        command = shlex.split(procfile()["web"])
+        if app is not None:
+            command = [*command[:-1], app]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                shlex.split(procfile()["web"]),
+                command,
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -360,13 +366,13 @@ class Gunicorn:
                 start_new_session=True,
             )
 
-    def wait_ready(self, timeout=30):
+    def wait_ready(self, timeout=30, path="/health"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError):
-                if call(self.port, "GET", "/health", timeout=5).status == 200:
+                if call(self.port, "GET", path, timeout=5).status == 200:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")

@@ -2,10 +2,11 @@
 # ./setup.sh serve   set up, then serve the API on http://127.0.0.1:${PORT:-5000}
 # ./setup.sh test    set up, then run the whole test suite (extra arguments go to pytest)
 #
-# Set-up: a virtual environment in .venv with requirements.txt installed, the
-# database upgraded to the latest migration, the sample data loaded when the
-# database is empty. Each step is skipped when already done, so a second run is
-# fast and harmless.
+# Set-up: a virtual environment in .venv with requirements.txt installed (and,
+# for test, the test and lint tools of requirements-dev.txt), the database
+# upgraded to the latest migration, the sample data loaded when the database is
+# empty. Each step is skipped when already done, so a second run is fast and
+# harmless.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,13 +24,20 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$python" -m venv .venv
 fi
-# Install only when requirements.txt changed since the last install.
-stamp=.venv/.requirements.sha256
-want=$(.venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(open("requirements.txt","rb").read()).hexdigest())')
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "== installing requirements.txt"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-  echo "$want" > "$stamp"
+# Install a requirements file only when it, or requirements.txt that it
+# includes, changed since its last install (a stamp per file).
+install() {
+  local file=$1 stamp=.venv/.$1.sha256 want
+  want=$(.venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest())' requirements.txt "$file")
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "== installing $file"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$file"
+    echo "$want" > "$stamp"
+  fi
+}
+install requirements.txt
+if [ "$mode" = test ]; then
+  install requirements-dev.txt
 fi
 
 export FLASK_APP=app

@@ -1,19 +1,26 @@
 """The Procfile as Heroku runs it (by bash, from the repository's folder): the
 release phase migrates the database, and both it and the web start refuse to
 run without a token issuer, so that a misconfigured deploy fails before it goes
-live and Heroku keeps the previous release serving. And ./setup.sh's answer
-when its database cannot be reached."""
+live and Heroku keeps the previous release serving. requirements.txt (what
+Heroku installs) holds what the service needs and no test tool; the worker
+serves what it accepted before it stops. And ./setup.sh's answer when its
+database cannot be reached."""
 
+import ast
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import unittest
+from importlib import metadata
 from unittest import mock
 
 from alembic.script import ScriptDirectory
+from packaging.requirements import Requirement
 
 import loopback
 from loopback import REPO, Postgres, clean_environment, needs_postgres, run_procfile
@@ -217,3 +224,116 @@ class NeedsPostgresTest(unittest.TestCase):
                 failed = self.outcome(False, environment)
                 self.assertEqual((failed.skipped, len(failed.errors)), ([], 1))
                 self.assertIn("initdb", failed.errors[0][1])
+
+
+# --- what Heroku installs -----------------------------------------------------------
+
+TEST_TOOLS = {"pytest", "pytest-cov", "coverage", "ruff", "schemathesis", "hypothesis", "iniconfig", "pluggy"}
+# The service's own modules: every module at the top of the repository but the tests and their support.
+TEST_SUPPORT = {"testing", "loopback", "conftest"}
+SERVICE_MODULES = sorted(
+    name[:-3]
+    for name in os.listdir(REPO)
+    if name.endswith(".py") and "." not in name[:-3] and not name.startswith("test_") and name[:-3] not in TEST_SUPPORT
+)
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(filename):
+    """{canonical name: Requirement} of a requirements file, and its -r lines."""
+    pinned, included = {}, []
+    with open(os.path.join(REPO, filename)) as file:
+        for line in file:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                included.append(line[3:].strip())
+            elif line:
+                requirement = Requirement(line)
+                pinned[canonical(requirement.name)] = requirement
+    return pinned, included
+
+
+class RequirementsTest(unittest.TestCase):
+    """requirements.txt is what Heroku installs: the service's packages, every one
+    pinned, and nothing else; the test and lint tools are in requirements-dev.txt,
+    which includes it."""
+
+    def test_every_package_is_pinned_and_no_test_tool_is_in_requirements_txt(self):
+        runtime, included = requirements("requirements.txt")
+        self.assertEqual(included, [])
+        for name, requirement in runtime.items():
+            with self.subTest(name):
+                self.assertRegex(str(requirement.specifier), r"^==[^,*]+$")
+        self.assertEqual(TEST_TOOLS & set(runtime), set())
+        dev, included = requirements("requirements-dev.txt")
+        self.assertEqual(included, ["requirements.txt"])
+        self.assertLessEqual(TEST_TOOLS, set(dev))
+        self.assertEqual(set(dev) & set(runtime), set(), "pinned in both files")
+
+    def test_requirements_txt_holds_everything_its_packages_need(self):
+        """Closed under the installed packages' own requirements, so that a fresh
+        `pip install -r requirements.txt` brings in nothing unpinned."""
+        runtime, _ = requirements("requirements.txt")
+        for name, requirement in runtime.items():
+            for needed in metadata.requires(name) or []:
+                needed = Requirement(needed)
+                applies = needed.marker is None or any(
+                    needed.marker.evaluate({"extra": extra}) for extra in (requirement.extras or {""})
+                )
+                if applies:
+                    with self.subTest(name, needs=needed.name):
+                        self.assertTrue(canonical(needed.name) in runtime, f"{name} needs {needed.name}: pin it")
+
+    def test_the_service_imports_only_what_requirements_txt_installs(self):
+        runtime, _ = requirements("requirements.txt")
+        distributions = metadata.packages_distributions()
+        for module in SERVICE_MODULES:
+            with open(os.path.join(REPO, f"{module}.py")) as file:
+                tree = ast.parse(file.read())
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+            for top in {name.split(".")[0] for name in imported} - set(sys.stdlib_module_names) - set(SERVICE_MODULES):
+                with self.subTest(module, imports=top):
+                    found = {canonical(d) for d in distributions.get(top, [])}
+                    self.assertTrue(found & set(runtime), f"{module} imports {top}, which requirements.txt lacks")
+
+
+# --- a graceful stop -----------------------------------------------------------------
+
+
+class DrainingWorkerTest(unittest.TestCase):
+    """gunicorn_worker.DrainingSyncWorker, once SIGTERM has ended its loop: takes
+    every queued connection, closes the listening socket, then serves what it
+    took (test_fleet.py stops a real server under load)."""
+
+    def test_queued_connections_are_taken_then_the_socket_closed_then_they_are_served(self):
+        from gunicorn.workers.sync import SyncWorker
+
+        from gunicorn_worker import DrainingSyncWorker
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        listener.setblocking(False)  # as gunicorn's workers have it
+        address = listener.getsockname()
+        clients = [socket.create_connection(address) for _ in range(3)]
+        for client in clients:
+            self.addCleanup(client.close)
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        served = []
+
+        def handle(listener_, client, peer):
+            served.append((listener_.getsockname(), client.getblocking(), listener.fileno()))
+            client.close()
+
+        worker = DrainingSyncWorker.__new__(DrainingSyncWorker)  # no arbiter: only what run() uses
+        worker.sockets = [listener]
+        worker.handle = handle
+        with mock.patch.object(SyncWorker, "run") as loop:
+            worker.run()
+        loop.assert_called_once()
+        self.assertEqual(served, [(address, True, -1)] * 3)  # each served blocking, after the close
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5)

@@ -4,10 +4,15 @@ Run it with `bench/run` (which installs wrk and starts PostgreSQL when needed).
 For each table size it loads a fresh data set straight into the database,
 then, for each operation, warms up and runs wrk at a fixed concurrency. It
 prints one table (also written to bench/results.md with the machine and the
-command): requests/s, p50 and p99 latency, throughput as a share of the ceiling
-(the app's trivial `GET /`, same server, same size), the largest size's p50 as
-a ratio of the smallest's, the responses that were not 2xx, and the JWKS fetches
-the issuer saw during the timed runs.
+command): requests/s, p50 and p99 latency, throughput as a share of the
+baseline (a bare Flask app, bench/bare.py, one route returning a constant, served
+by the same gunicorn, gunicorn.conf.py and workers in the same run), each size's
+p50 as a ratio of the smallest's, the responses that were not 2xx, and the JWKS
+fetches the issuer saw during the timed runs. The app's own `GET /` is a row too,
+so its fixed cost per request shows. The rate limits are set out of the way (one
+token sends every request); one more row, GET /actors/<id> at the smallest size
+on a second server whose limits count in a redis-server the bench starts, gives
+their cost.
 
 With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
 samples the gunicorn workers from outside; the hottest packages and functions
@@ -96,42 +101,38 @@ FILTER = "gender=female&age_min=25&age_max=35&sort=-age"
 class Operation:
     name: str
     label: str
-    script: str  # a wrk script in bench/
-    path: str = ""  # get.lua's BENCH_PATH: {actor} and {movie} become random ids
-    least_share: float | None = None  # of the ceiling's requests/s
+    path: str | None  # GET this path ({actor} and {movie} are random ids), or a write's own wrk script
+    least_share: float | None = None  # of the bare Flask app's requests/s
     most_ratio: float | None = None  # p50 at a size over the p50 at the smallest
     compared_with: str | None = None  # p50 over this operation's at the same size, at most most_ratio
+    server: str = "api"  # which of the run's servers: "bare", "api" or "limited" (see main)
+    script: str = "get.lua"  # the wrk script in bench/
 
 
 OPERATIONS = [
-    Operation("ceiling", "GET / (ceiling)", "ceiling.lua"),
-    Operation("get_actor", "GET /actors/<id>", "get.lua", "/actors/{actor}", 0.50, 1.3),
-    Operation("list_actors", "GET /actors (page of 20, total)", "get.lua", "/actors", 0.40, 2.0),
-    Operation("search_one", f"GET /actors?q={SEARCH_ONE} (1 match)", "get.lua", f"/actors?q={SEARCH_ONE}", None, 2.0),
-    Operation(
-        "search_most", f"GET /actors?q={SEARCH_MOST} (most match)", "get.lua", f"/actors?q={SEARCH_MOST}", None, 2.0
-    ),
-    Operation("filter_sort", f"GET /actors?{FILTER}", "get.lua", f"/actors?{FILTER}", None, 2.0),
-    Operation("movie_actors", "GET /movies/<id>/actors", "get.lua", "/movies/{movie}/actors", None, 2.0),
+    Operation("bare", "bare Flask app: GET / (the baseline)", "/", server="bare"),
+    Operation("index", "GET / (the app's fixed cost)", "/"),
+    Operation("get_actor", "GET /actors/<id>", "/actors/{actor}", 0.50, 1.3),
+    Operation("list_actors", "GET /actors (page of 20, total)", "/actors", 0.40, 2.0),
+    Operation("search_one", f"GET /actors?q={SEARCH_ONE} (1 match)", f"/actors?q={SEARCH_ONE}", 0.35, 2.0),
+    Operation("search_most", f"GET /actors?q={SEARCH_MOST} (most match)", f"/actors?q={SEARCH_MOST}", 0.35, 2.0),
+    Operation("filter_sort", f"GET /actors?{FILTER}", f"/actors?{FILTER}", None, 2.0),
+    Operation("movie_actors", "GET /movies/<id>/actors", "/movies/{movie}/actors", 0.35, 2.0),
     Operation(
         "movie_actors_filtered",
         "GET /movies/<id>/actors?gender=female",
-        "get.lua",
         "/movies/{movie}/actors?gender=female",
         None,
         2.0,
     ),
-    Operation("walk_first", "walk by cursor, sort=-age: page 1 of 100", "get.lua", "/actors?sort=-age&per_page=100"),
+    Operation("walk_first", "walk by cursor, sort=-age: page 1 of 100", "/actors?sort=-age&per_page=100"),
     # The path is the cursor of the walk's page WALK_PAGE, found before the run (see walk_cursor).
-    Operation("walk_deep", f"walk by cursor, sort=-age: page {WALK_PAGE}", "get.lua", None, None, 1.3, "walk_first"),
-    Operation(
-        "deepest_page",
-        "GET /actors?page=100&per_page=100 (the window's last)",
-        "get.lua",
-        "/actors?page=100&per_page=100",
-    ),
-    Operation("patch_actor", "PATCH /actors/<id>", "patch_actor.lua", "", None, 1.3),
-    Operation("post_actor", "POST /actors", "post_actor.lua", "", None, 1.3),  # last: it grows the table
+    Operation("walk_deep", f"walk by cursor, sort=-age: page {WALK_PAGE}", None, None, 1.3, "walk_first"),
+    Operation("deepest_page", "GET /actors?page=100&per_page=100 (the window's last)", "/actors?page=100&per_page=100"),
+    Operation("patch_actor", "PATCH /actors/<id>", None, None, 1.3, script="patch_actor.lua"),
+    Operation("post_actor", "POST /actors", None, None, 1.3, script="post_actor.lua"),  # last: it grows the table
+    # At the smallest size only: the rate limits counted in a Redis the bench starts, as in production.
+    Operation("get_actor_redis", "GET /actors/<id>, limits counted in Redis", "/actors/{actor}", server="limited"),
 ]
 
 
@@ -143,9 +144,13 @@ def log(message):
 
 
 def app_environment(issuer, **extra):
-    """The environment the app runs in: this run's database and issuer, nothing from .env."""
+    """The environment the app runs in: this run's database and issuer, nothing from .env. The rate
+    limits are out of the way (one token sends every request), counted in each worker's memory unless
+    `extra` sets REDIS_URL."""
     env = dict(os.environ, DATABASE_URL=DATABASE_URL, AUTH0_DOMAIN="", AUTH0_ISSUER=ISSUER)
-    env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", **extra)
+    env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", REDIS_URL="")
+    env.update(RATE_LIMIT="100000000/second", RATE_LIMIT_ANONYMOUS="100000000/second", TRUSTED_PROXY_HOPS="0")
+    env.update(extra)
     return env
 
 
@@ -252,15 +257,38 @@ def delete_actors_after(last_id):
 # --- the server ------------------------------------------------------------------
 
 
-def start_server(issuer, port, log_path):
-    """gunicorn as deployed (the Procfile's command; it reads ./gunicorn.conf.py), in its own process group."""
-    server = Gunicorn(app_environment(issuer, PORT=str(port), WEB_CONCURRENCY=str(WORKERS)), log_path)
+def start_server(env, log_path, app=None):
+    """gunicorn as deployed (it reads ./gunicorn.conf.py), serving the API, or `app`."""
+    server = Gunicorn({**env, "PORT": str(free_port()), "WEB_CONCURRENCY": str(WORKERS)}, log_path, app=app)
     try:
-        server.wait_ready()
+        server.wait_ready(path="/" if app else "/health")
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def start_redis(log_path):
+    """redis-server on a free port of 127.0.0.1, no persistence; returned once it answers."""
+    import redis
+
+    port = free_port()
+    with open(log_path, "wb") as log_file:
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return server, f"redis://127.0.0.1:{port}/0"
+        except redis.RedisError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}; see {log_path}") from None
+            time.sleep(0.1)
 
 
 def get_json(url, token):
@@ -378,7 +406,7 @@ def table(results):
     """The markdown table: a row per operation and size."""
     smallest = min(SIZES)
     lines = [
-        "| operation | actors | req/s | p50 ms | p99 ms | of ceiling | p50 vs "
+        "| operation | actors | req/s | p50 ms | p99 ms | of bare Flask | p50 vs "
         f"{smallest:,} | non-2xx | socket errors | JWKS fetches | targets |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -387,7 +415,7 @@ def table(results):
             r = results.get((op.name, size))
             if r is None:
                 continue
-            share = r["rps"] / results[("ceiling", size)]["rps"]
+            share = r["rps"] / results[("bare", size)]["rps"]
             ratio, against = None, ""
             if op.compared_with:
                 ratio, against = r["p50"] / results[(op.compared_with, size)]["p50"], " (vs page 1)"
@@ -466,12 +494,16 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 - Load: wrk `-t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency` per operation after an untimed {WARMUP} warm-up;
   gunicorn with {WORKERS} sync workers and `./gunicorn.conf.py` (access log on), PostgreSQL on 127.0.0.1,
   an Executive Producer's RS256 token checked against a JWKS served on loopback. wrk, gunicorn and
-  PostgreSQL share the machine's CPUs.
-- "of ceiling": requests/s as a share of `GET /` (no token, no database) at the same size in the same run.
+  PostgreSQL share the machine's CPUs. Rate limits out of the way (budgets of 10^8 a second), counted in
+  each worker's memory, except for "limits in Redis": the same server with `REDIS_URL` set to a
+  redis-server on 127.0.0.1 (a Redis round trip per count and per header).
+- "of bare Flask": requests/s as a share of the bare Flask app's `GET /` (bench/bare.py: one route, a
+  constant; the same gunicorn, `gunicorn.conf.py` and workers) at the same size in the same run.
   "p50 vs {min(SIZES):,}": the p50 at that size over the p50 at {min(SIZES):,} actors.
   "non-2xx": responses with status >= 300, counted by the Lua `response` hook (statuses in brackets).
   "JWKS fetches": fetches the issuer saw during the timed run (after the warm-ups).
-- Targets: GET by id >= 50% of the ceiling, the counted page >= 40%; p50 at every size within 2x of
+- Targets: GET by id >= 50% of the bare Flask app, the counted page >= 40%, the search and the cast list
+  >= 35%; p50 at every size within 2x of
   {min(SIZES):,} for every list, 1.3x for GET by id and the writes; the walk's page {WALK_PAGE} within 1.3x of
   its page 1 at the same size; no non-2xx, no JWKS fetch after the warm-up. The window's last page
   (items 9,901 to 10,000) has no target: it is empty at 1,000 actors and reads 10,000 rows at any larger size.
@@ -488,8 +520,8 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 def main():
     started, begun, load_before = datetime.now(UTC), time.monotonic(), load_average()
     run_dir = Path(tempfile.mkdtemp(prefix="casting-bench-"))
-    issuer = server = None
-    results, notes = {}, []
+    issuer = redis_server = None
+    servers, results, notes = {}, {}, []
     # A SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with open(run_dir / "wrk.log", "w") as wrk_log:
@@ -499,12 +531,23 @@ def main():
             create_database(issuer)
             log(f"database {DATABASE} created and migrated")
             token = issuer.token(PRODUCER, sub="bench|producer")
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            server = start_server(issuer, port, run_dir / "gunicorn.log")
-            log(f"gunicorn ({WORKERS} workers) on {base}")
+            redis_server, redis_url = start_redis(run_dir / "redis.log")
+            # The API with its rate limits out of the way; the same with them counted in
+            # Redis; and the baseline, a bare Flask app. All under ./gunicorn.conf.py.
+            servers["api"] = start_server(app_environment(issuer), run_dir / "gunicorn.log")
+            servers["limited"] = start_server(
+                app_environment(issuer, REDIS_URL=redis_url, RATE_LIMIT="100000000/hour"),
+                run_dir / "gunicorn-limited.log",
+            )
+            servers["bare"] = start_server(
+                app_environment(issuer), run_dir / "gunicorn-bare.log", app="bench.bare:create_app()"
+            )
+            log(
+                ", ".join(f"{name} on port {server.port}" for name, server in servers.items())
+                + f" ({WORKERS} workers each)"
+            )
             for size in SIZES:
-                run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir)
+                run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir)
             timed_fetches = sum(result["jwks"] for result in results.values())
             notes.append(
                 f"- JWKS fetches outside the timed runs (checks, warm-ups): {issuer.fetches - timed_fetches} "
@@ -516,17 +559,20 @@ def main():
             write_results(text_table, "\n".join(notes), started, time.monotonic() - begun, load_before)
             log(f"written to {BENCH / 'results.md'} ({time.monotonic() - begun:.0f} s in all)")
         finally:
-            if server is not None:
+            for server in servers.values():
                 server.stop()
-                log("gunicorn stopped")
+            if redis_server is not None:
+                redis_server.terminate()
+                redis_server.wait(timeout=30)
             if issuer is not None:
                 issuer.stop()
 
 
-def run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir):
+def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
     """Load a data set of this size, then warm up and time each operation on it."""
     started = time.monotonic()
     movies, castings = load(size)
+    base = f"http://127.0.0.1:{servers['api'].port}"
     facts = check_data(base, token, size)
     notes.append(f"- {size:,} actors, {movies:,} movies, {castings:,} castings: {facts}.")
     log(f"loaded in {time.monotonic() - started:.1f} s: {notes[-1][2:-1]}")
@@ -535,16 +581,18 @@ def run_size(size, base, token, issuer, results, notes, wrk_log, server, run_dir
     deep_walk = walk_cursor(base, token, WALK_PAGE)
     for op in OPERATIONS:
         path = deep_walk if op.name == "walk_deep" else op.path
-        if path is None:
-            continue  # the walk is shorter than WALK_PAGE pages at this size
-        run_env = dict(env, BENCH_PATH=path)
-        run_wrk(base, op.script, WARMUP, run_env, wrk_log)
+        if (op.name == "walk_deep" and path is None) or (op.server == "limited" and size != min(SIZES)):
+            continue  # the walk is shorter than WALK_PAGE pages at this size; Redis at the smallest size only
+        server = servers[op.server]
+        op_base = f"http://127.0.0.1:{server.port}"
+        run_env = dict(env, BENCH_PATH=path or "")
+        run_wrk(op_base, op.script, WARMUP, run_env, wrk_log)
         fetches = issuer.fetches
-        result = run_wrk(base, op.script, DURATION, run_env, wrk_log)
+        result = run_wrk(op_base, op.script, DURATION, run_env, wrk_log)
         result["jwks"] = issuer.fetches - fetches
         results[(op.name, size)] = result
         if PROFILE:
-            summary = profile(server, base, op.script, run_env, wrk_log, run_dir / f"profile-{op.name}-{size}.txt")
+            summary = profile(server, op_base, op.script, run_env, wrk_log, run_dir / f"profile-{op.name}-{size}.txt")
             log(f"{op.label} at {size:,}, profiled: {summary}")
         if op.name == "post_actor":
             delete_actors_after(size)
