@@ -22,7 +22,8 @@ or flamegraph.pl) kept in the run's log folder.
 Settings (environment): BENCH_THREADS (2), BENCH_CONNECTIONS (16),
 BENCH_DURATION (10s), BENCH_WARMUP (2s, per operation, untimed),
 BENCH_SIZES (1000,100000,1000000: actors; a movie per 10 actors, a casting per actor),
-BENCH_PG (postgresql://postgres@127.0.0.1:5432), BENCH_PROFILE (off), DB_POOL_SIZE (the app's).
+BENCH_PG (postgresql://postgres@127.0.0.1:5432), BENCH_PROFILE (off), BENCH_OPERATIONS (all: names
+from OPERATIONS, comma-separated; the baseline always runs), DB_POOL_SIZE (the app's).
 """
 
 # This script runs fixed commands only (wrk, git, the virtualenv's flask and gunicorn).
@@ -63,6 +64,8 @@ WARMUP = os.environ.get("BENCH_WARMUP", "2s")
 SIZES = sorted({int(size) for size in os.environ.get("BENCH_SIZES", "1000,100000,1000000").split(",")})
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 PROFILE = os.environ.get("BENCH_PROFILE", "0") not in ("", "0")
+# Some operations only (their names in OPERATIONS, comma-separated); the baseline always runs.
+ONLY = {name for name in os.environ.get("BENCH_OPERATIONS", "").split(",") if name}
 DATABASE = "casting_bench"
 DATABASE_URL = f"{PG}/{DATABASE}"
 WORKERS = 2
@@ -417,7 +420,7 @@ def table(results):
                 continue
             share = r["rps"] / results[("bare", size)]["rps"]
             ratio, against = None, ""
-            if op.compared_with:
+            if op.compared_with and (op.compared_with, size) in results:
                 ratio, against = r["p50"] / results[(op.compared_with, size)]["p50"], " (vs page 1)"
             elif size != smallest and (op.name, smallest) in results:
                 ratio = r["p50"] / results[(op.name, smallest)]["p50"]
@@ -582,6 +585,8 @@ def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
     for op in OPERATIONS:
         path = deep_walk if op.name == "walk_deep" else op.path
         if (op.name == "walk_deep" and path is None) or (op.server == "limited" and size != min(SIZES)):
+            continue
+        if ONLY and op.name not in ONLY | {"bare"}:
             continue  # the walk is shorter than WALK_PAGE pages at this size; Redis at the smallest size only
         server = servers[op.server]
         op_base = f"http://127.0.0.1:{server.port}"
