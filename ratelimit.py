@@ -167,6 +167,11 @@ class RateLimits:
             in_memory_fallback_enabled=True,  # Redis down: count in memory, and share again when it is back
             swallow_errors=True,  # a Redis failure mid-request costs a log line, never a 500
             key_prefix="casting-agency",
+            # One identity for every request: the budgets are shared across
+            # operations (their scopes name them), so Flask-Limiter has no
+            # per-endpoint limits to look up; by default it resolves the
+            # endpoint's limits and exemptions on every check.
+            request_identifier=lambda: "api",
         )
         by_address = self.limiter.shared_limit(
             per_address,
