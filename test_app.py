@@ -15,10 +15,11 @@ from unittest import mock
 import psycopg2
 import psycopg2.errors
 from flask import Flask
-from sqlalchemy import delete, text
+from sqlalchemy import delete, func, literal_column, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import app as application
+import database
 import schemas
 import writes
 from app import create_app, database_url, load_config
@@ -931,6 +932,28 @@ class DatabaseErrorTest(ApiTestCase):
                         application.execute(statement)  # a real error of the server, through SQLAlchemy
 
                 self.assertAnswer(fail, status)
+
+    def test_the_selects_fast_path_raises_what_sqlalchemy_would(self):
+        """database.rows runs a request's selects on psycopg2's cursor: its
+        errors must reach the handlers as SQLAlchemy's DBAPIError, and a lost
+        connection must be invalidated, as on SQLAlchemy's own path."""
+        if self.app.extensions["statements"].dialect.name != "postgresql":
+            self.skipTest("the fast path is PostgreSQL's; SQLite's selects run through SQLAlchemy")
+        cases = [  # (select, SQLSTATE, the connection was lost)
+            (select(literal_column("1/0")), "22012", False),
+            (select(func.pg_terminate_backend(func.pg_backend_pid())), "57P01", True),
+        ]
+        with self.app.app_context():
+            for statement, sqlstate, lost in cases:
+                with self.subTest(sqlstate), database.connect() as connection:
+                    with self.assertRaises(DBAPIError) as raised:
+                        database.rows(connection, statement, {})
+                    self.assertEqual(raised.exception.connection_invalidated, lost)
+                    if not lost:
+                        self.assertEqual(raised.exception.orig.pgcode, sqlstate)
+                    self.assertEqual(connection.invalidated, lost)
+                with database.connect() as connection:  # the pool serves a working connection after either
+                    self.assertEqual(database.rows(connection, select(literal_column("2").label("n")), {}), [{"n": 2}])
 
     def test_a_database_without_tables_is_500(self):
         folder = tempfile.TemporaryDirectory()
