@@ -16,13 +16,18 @@ import uuid
 import psycopg2
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
-from flask import Flask, current_app, g, request, url_for
+from flask import Flask, Response, current_app, g, jsonify, request, url_for
 from flask.helpers import get_load_dotenv
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
-from flask_smorest.utils import prepare_response
+from flask_smorest.utils import (
+    prepare_response,
+    resolve_schema_instance,
+    set_status_and_headers_in_response,
+    unpack_tuple_response,
+)
 from flask_swagger_ui import get_swaggerui_blueprint
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -166,7 +171,49 @@ class BodyParser(FlaskParser):
 
 
 class ApiBlueprint(Blueprint):
+    """flask-smorest's Blueprint, its descriptions unchanged, with less work per
+    request (README: "What each change bought")."""
+
     ARGUMENTS_PARSER = BodyParser()
+
+    # flask-smorest's `doc` and `alt_response` describe an operation by wrapping
+    # its view in a function that only passes the call on; these keep the
+    # description and drop the wrapper.
+    @staticmethod
+    def doc(**kwargs):
+        return _described_only(Blueprint.doc(**kwargs))
+
+    def alt_response(self, *args, **kwargs):
+        return _described_only(super().alt_response(*args, **kwargs))
+
+    def response(self, status_code, schema=None, **kwargs):
+        """flask-smorest's `response`, dumped by the schema's compiled dumper
+        (schemas.dumper) instead of marshmallow's `dump`."""
+        describe = super().response(status_code, schema, **kwargs)
+        dump = schemas.dumper(resolve_schema_instance(schema))
+
+        def decorator(view):
+            @functools.wraps(view)
+            def wrapper(*args, **kwargs):
+                body, status, headers = unpack_tuple_response(view(*args, **kwargs))
+                if not isinstance(body, Response):
+                    body = jsonify(dump(body))
+                    body.status_code = status_code
+                set_status_and_headers_in_response(body, status, headers)
+                return body
+
+            wrapper._apidoc = describe(view)._apidoc
+            return wrapper
+
+        return decorator
+
+
+def _described_only(decorator):
+    def describe(view):
+        view._apidoc = decorator(view)._apidoc
+        return view
+
+    return describe
 
 
 class SchemaPlugin(MarshmallowPlugin):
@@ -645,12 +692,19 @@ def assign_request_id():
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+# Added to every response; nothing else sets them. (Werkzeug's setdefault looks
+# through the headers once per name: four of them measured 30 us a request.)
+SECURITY_HEADERS = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+
 def security_headers(response):
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    # Responses to bearer tokens must stay out of shared caches.
+    response.headers.add("X-Request-ID", g.get("request_id", ""))
+    response.headers.extend(SECURITY_HEADERS)
+    # Responses to bearer tokens must stay out of shared caches (the docs page's files set their own).
     response.headers.setdefault("Cache-Control", "no-store")
     return response
 

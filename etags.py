@@ -46,6 +46,8 @@ def accepted_versions(row):
         return None
     versions = set()
     for tag in request.if_match.as_set():
+        if not tag:  # `""`, which Werkzeug reads as a tag of None
+            continue
         item_id, _, version = tag.partition(".")
         if item_id == str(row["id"]) and version.isdigit() and len(version) < 10:
             versions.add(int(version))

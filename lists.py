@@ -32,7 +32,7 @@ from marshmallow import ValidationError
 from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
-from database import connect
+from database import connect, rows
 from models import Actor, AuditEvent, Movie, RowCount, folded
 
 # `?page=` reaches this many items; a cursor reaches every one.
@@ -195,22 +195,22 @@ class Listing:
             if after is not None:
                 parameters.update({f"k{i}": value for i, value in enumerate(after)})
             limits = {"limit": per_page + 1, "offset": offset, "bound": self._bound()}
-            rows = connection.execute(statement, {**parameters, **limits}).mappings().all()
-            if rows:
-                total = rows[0]["_total"]
+            found = rows(connection, statement, {**parameters, **limits})
+            if found:
+                total = found[0]["_total"]
             elif offset == 0 and after is None:
                 total = 0
             else:  # past the end, or every row after the cursor is gone: count apart
                 total = self._count(connection, filters, searching, unfiltered, terms, parameters)
         exact = unfiltered or total <= self._bound()
         next_cursor = None
-        if len(rows) > per_page:
-            rows = rows[:per_page]
+        if len(found) > per_page:
+            found = found[:per_page]
             keys = [self.columns.sort_keys[key] for key, _ in terms]
-            after = [key.json_value(rows[-1][f"_k{i}"]) for i, key in enumerate(keys)]
+            after = [key.json_value(found[-1][f"_k{i}"]) for i, key in enumerate(keys)]
             carried = {name: _query_form(value) for name, value in criteria.items()}
             next_cursor = encode_cursor({"list": list_key, "criteria": carried, "after": after})
-        return Page(rows, total if exact else self._bound(), exact, next_cursor)
+        return Page(found, total if exact else self._bound(), exact, next_cursor)
 
     def _criteria(self, args):
         """What selects and orders the list's items (q, filters, the full sort)."""
@@ -246,7 +246,8 @@ class Listing:
 
     def _count(self, connection, filters, searching, unfiltered, terms, parameters):
         statement = self._statement("count", filters, searching, unfiltered, terms)
-        return connection.execute(statement, {**parameters, "bound": self._bound()}).scalar()
+        [total] = rows(connection, statement, {**parameters, "bound": self._bound()})[0].values()
+        return total
 
     def _past_the_window(self, connection, filters, searching, unfiltered, terms, parameters, offset):
         """A page that starts past the window: an empty list when the list ends

@@ -15,10 +15,12 @@ from unittest import mock
 import psycopg2
 import psycopg2.errors
 from flask import Flask
-from sqlalchemy import delete, text
+from sqlalchemy import delete, func, literal_column, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import app as application
+import database
+import schemas
 import writes
 from app import create_app, database_url, load_config
 from models import MAX_ID, Actor, Casting, Movie, db
@@ -931,6 +933,28 @@ class DatabaseErrorTest(ApiTestCase):
 
                 self.assertAnswer(fail, status)
 
+    def test_the_selects_fast_path_raises_what_sqlalchemy_would(self):
+        """database.rows runs a request's selects on psycopg2's cursor: its
+        errors must reach the handlers as SQLAlchemy's DBAPIError, and a lost
+        connection must be invalidated, as on SQLAlchemy's own path."""
+        if self.app.extensions["statements"].dialect.name != "postgresql":
+            self.skipTest("the fast path is PostgreSQL's; SQLite's selects run through SQLAlchemy")
+        cases = [  # (select, SQLSTATE, the connection was lost)
+            (select(literal_column("1/0")), "22012", False),
+            (select(func.pg_terminate_backend(func.pg_backend_pid())), "57P01", True),
+        ]
+        with self.app.app_context():
+            for statement, sqlstate, lost in cases:
+                with self.subTest(sqlstate), database.connect() as connection:
+                    with self.assertRaises(DBAPIError) as raised:
+                        database.rows(connection, statement, {})
+                    self.assertEqual(raised.exception.connection_invalidated, lost)
+                    if not lost:
+                        self.assertEqual(raised.exception.orig.pgcode, sqlstate)
+                    self.assertEqual(connection.invalidated, lost)
+                with database.connect() as connection:  # the pool serves a working connection after either
+                    self.assertEqual(database.rows(connection, select(literal_column("2").label("n")), {}), [{"n": 2}])
+
     def test_a_database_without_tables_is_500(self):
         folder = tempfile.TemporaryDirectory()
         self.addCleanup(folder.cleanup)
@@ -1025,6 +1049,59 @@ CONFIGURATION_CASES = [
     ),
     ({**AN_ISSUER, "REQUIRE_ISSUER": "1"}, lambda app: type(app.extensions["auth"].keys).__name__, "JWKSKeys"),
 ]
+
+
+class DumperTest(unittest.TestCase):
+    """Responses are dumped by schemas.dumper, compiled from the schemas:
+    it must give what marshmallow's own dump gives, for every response schema."""
+
+    def test_the_compiled_dumper_dumps_as_marshmallow_does(self):
+        actor = {"id": 3, "name": "Zoë Kravitz", "age": 35, "gender": "Female", "version": 2, "_k0": 3, "_total": 9}
+        movie = {"id": 4, "title": "Harbour Lights", "release_date": datetime.date(2021, 10, 15), "version": 1}
+        instant = datetime.datetime(2026, 11, 29, 10, 15, 2, 394117, tzinfo=datetime.UTC)
+        event = {
+            "id": 7,
+            "at": instant,
+            "subject": "auth0|director",
+            "action": "update",
+            "resource": "actors",
+            "resource_id": 3,
+            "movie_id": None,
+            "actor_id": None,
+            "before": {**actor, "age": 34},
+            "after": actor,
+            "request_id": "abc",
+        }
+        page = {"total_exact": True, "page": None, "per_page": 20, "next_cursor": "eyJ.abc"}
+        cases = [  # (schema, data)
+            (schemas.IndexSchema, {"success": True, "name": "Casting Agency API", "docs": "/docs/", "openapi": "/x"}),
+            (schemas.HealthSchema, {"success": True, "database": "ok"}),
+            (schemas.DeletedSchema, {"success": True, "delete": 12}),
+            (application.ACTORS.item_envelope, {"success": True, "actor": actor}),
+            (application.MOVIES.item_envelope, {"success": True, "movie": movie}),
+            (application.MOVIES.item_envelope, {"success": True, "movie": {**movie, "release_date": None}}),
+            (application.ACTORS.page_envelope, {"success": True, "actors": [actor, actor], "total_actors": 2, **page}),
+            (application.MOVIES.page_envelope, {"success": True, "movies": [], "total_movies": 0, **page}),
+            (
+                schemas.page_envelope(schemas.CastActorSchema, "actors", owner_key="movie_id"),
+                {"success": True, "movie_id": 4, "actors": [{**actor, "character": None}], "total_actors": 1, **page},
+            ),
+            (
+                schemas.page_envelope(schemas.CastMovieSchema, "movies", owner_key="actor_id"),
+                {"success": True, "actor_id": 3, "movies": [{**movie, "character": "Hale"}], "total_movies": 1, **page},
+            ),
+            (schemas.page_envelope(schemas.AuditEventSchema, "events"), {"success": True, "events": [event], **page}),
+            (
+                schemas.CastingEnvelopeSchema,
+                {"success": True, "casting": {"movie_id": 4, "actor_id": 3, "character": None}},
+            ),
+            (schemas.ActorSchema, {"name": "Ada"}),  # a missing field is left out by both
+        ]
+        for schema, data in cases:
+            with self.subTest(schema.__name__):
+                expected = schema().dump(data)
+                self.assertEqual(schemas.dumper(schema())(data), expected)
+                self.assertNotIn("version", str(expected))  # the ETag's, never in a body
 
 
 class ConfigTest(unittest.TestCase):

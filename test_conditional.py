@@ -57,6 +57,7 @@ class ETagTest(ConditionalTestCase):
             (stale, 200),
             ('"1.999"', 200),
             ("garbage", 200),
+            ('""', 200),
         ]
         for header, status in cases:
             with self.subTest(header):
@@ -83,6 +84,8 @@ class IfMatchTest(ConditionalTestCase):
                 ('"garbage"', 412),
                 ("garbage", 412),
                 ("", 412),
+                ('""', 412),  # an empty tag (Werkzeug parses it as None)
+                ('W/"", ""', 412),
                 (f'{stale}, "x"', 412),
                 (tag, 200),
                 (f"{stale}, {tag}", 200),
