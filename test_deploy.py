@@ -337,3 +337,27 @@ class DrainingWorkerTest(unittest.TestCase):
         self.assertEqual(served, [(address, True, -1)] * 3)  # each served blocking, after the close
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(address, timeout=5)
+
+    def test_new_connections_are_held_off_while_the_queue_drains(self):
+        """The race the filter closes: a connection queued between the drain's
+        last accept() and the close() would be reset. Once the filter is on,
+        a new client's SYN is dropped (it would retry, and meet the closed
+        socket), while a connection already queued is still taken whole."""
+        from gunicorn_worker import refuse_new_connections
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        queued = socket.create_connection(listener.getsockname())
+        self.addCleanup(queued.close)
+        if not refuse_new_connections(listener):
+            self.skipTest("no socket filters on this platform: the worker only drains")
+        queued.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        with self.assertRaises(TimeoutError):
+            socket.create_connection(listener.getsockname(), timeout=0.5)
+        listener.settimeout(5)
+        client, _ = listener.accept()
+        self.addCleanup(client.close)
+        self.assertEqual(client.recv(100), b"GET / HTTP/1.1\r\n\r\n")
+        listener.setblocking(False)
+        with self.assertRaises(BlockingIOError):  # the refused SYN left nothing in the queue
+            listener.accept()
