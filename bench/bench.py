@@ -140,6 +140,12 @@ OPERATIONS = [
     Operation("get_actor_redis", "GET /actors/<id>, limits counted in Redis", "/actors/{actor}", server="limited"),
 ]
 
+if ONLY - {op.name for op in OPERATIONS}:  # a misspelt name would run the baseline alone
+    sys.exit(
+        f"BENCH_OPERATIONS: no operation {', '.join(sorted(ONLY - {op.name for op in OPERATIONS}))}; "
+        f"the operations are {', '.join(op.name for op in OPERATIONS)}"
+    )
+
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
