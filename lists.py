@@ -32,7 +32,7 @@ from marshmallow import ValidationError
 from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
-from database import connect, rows
+from database import connect, prepared, rows
 from models import Actor, AuditEvent, Movie, RowCount, folded
 
 # `?page=` reaches this many items; a cursor reaches every one.
@@ -268,11 +268,14 @@ class Listing:
 
     # --- the statements, built once per shape ---------------------------------
 
-    def _statement(self, kind, *shape):
-        key = (kind, *shape)
+    def _statement(self, kind, filters, searching, *shape):
+        key = (kind, filters, searching, *shape)
         statement = self._statements.get(key)
         if statement is None:
-            statement = self._statements[key] = getattr(self, f"_build_{kind}")(*shape)
+            statement = getattr(self, f"_build_{kind}")(filters, searching, *shape)
+            if not (filters or searching):  # its best plan does not depend on the values bound
+                statement = prepared(statement)
+            self._statements[key] = statement
         return statement
 
     def _matching(self, filters, searching):
@@ -307,7 +310,7 @@ class Listing:
         if unfiltered:
             return select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
         matching = self._matching(filters, searching).with_only_columns(literal_column("1"), maintain_column_froms=True)
-        matching = self._ordered(matching, self._order(terms)).limit(bindparam("bound") + 1)
+        matching = self._ordered(matching, self._order(terms)).limit(bindparam("bound") + literal_column("1"))
         return select(func.count()).select_from(matching.subquery())
 
     def _build_exists(self, filters, searching, terms):
