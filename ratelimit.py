@@ -42,7 +42,7 @@ import re
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -197,7 +197,31 @@ class RateLimits:
             pass
 
         self.check_address = check_address
-        self.check_subject = check_subject
+        self.check_subject_decorated = check_subject
+        [self.subject_limit] = by_subject  # the budget as Flask-Limiter runs it: its item, scope and message
+
+    def check_subject(self):
+        """The per-subject count, every valid token's request: Flask-Limiter's
+        own steps for one shared limit (count it in the limiter's storage, put
+        it where its after_request sends the X-RateLimit-* headers, raise its
+        429), without the work its decorator does on each call to find which
+        limits apply (README: "What each change bought"). When the storage has
+        failed, the decorated check runs instead: it is where Flask-Limiter
+        counts in memory meanwhile, and looks for the storage's return."""
+        limiter = self.limiter
+        if limiter._storage_dead:
+            return self.check_subject_decorated()
+        limit = self.subject_limit
+        keys = [limiter._key_prefix, g.rate_limit_subject, limit.scope]
+        try:
+            allowed = limiter.limiter.hit(limit.limit, *keys)
+        except Exception:  # the storage failed: Flask-Limiter's decorated check falls back (and logs it)
+            return self.check_subject_decorated()
+        context = limiter.context
+        context.view_rate_limit = RequestLimit(limiter, limit.limit, keys, not allowed, shared=True)
+        context.view_rate_limits = [context.view_rate_limit]
+        if not allowed:
+            raise RateLimitExceeded(limit)
 
     def check(self):
         """Before a protected operation: 429 when the request is over its budget."""
