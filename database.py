@@ -55,9 +55,12 @@ def init_database(app):
     more than the query), both with the liveness check."""
     db.init_app(app)
     with app.app_context():
-        statements = create_engine(
-            db.engine.url, isolation_level="AUTOCOMMIT", **app.config["SQLALCHEMY_ENGINE_OPTIONS"]
-        )
+        options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+        if db.engine.url.get_backend_name() == "postgresql":
+            # A prepared select keeps one plan from its first run (see `prepared`).
+            connect_args = options.get("connect_args", {})
+            options["connect_args"] = {**connect_args, "options": "-c plan_cache_mode=force_generic_plan"}
+        statements = create_engine(db.engine.url, isolation_level="AUTOCOMMIT", **options)
         for engine in (db.engine, statements):
             event.listen(engine, "checkout", closed_by_the_server)
     app.extensions["statements"] = statements
@@ -113,11 +116,11 @@ def prepared(statement):
     """Mark a select to run as a prepared statement on PostgreSQL. PostgreSQL
     plans a select each time it is sent as text, and for a short select the
     plan costs more than the run (a cast list: 1 ms to plan, 0.2 ms to run);
-    a prepared one is planned once per connection, then reused. Only for
-    selects whose best plan is the same whatever the values bound (a row by
-    id, a list without a search or filter): after five runs PostgreSQL may
-    keep one plan for every value, and a search's best plan depends on the
-    words searched."""
+    a prepared one is planned once per connection, for any values, and reused
+    (the requests' connections force that: plan_cache_mode). So only for
+    selects whose best plan is the same whatever the values bound: a row by
+    id, a list in id order without a search or filter. Not for a search, say,
+    whose best plan depends on how many rows the words match."""
     return statement.execution_options(**{PREPARED: True})
 
 

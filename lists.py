@@ -245,7 +245,7 @@ class Listing:
         return current_app.config["LIST_COUNT_BOUND"]
 
     def _count(self, connection, filters, searching, unfiltered, terms, parameters):
-        statement = self._statement("count", filters, searching, unfiltered, terms)
+        statement = self._statement("count", filters, searching, terms, unfiltered)
         [total] = rows(connection, statement, {**parameters, "bound": self._bound()})[0].values()
         return total
 
@@ -268,12 +268,14 @@ class Listing:
 
     # --- the statements, built once per shape ---------------------------------
 
-    def _statement(self, kind, filters, searching, *shape):
-        key = (kind, filters, searching, *shape)
+    def _statement(self, kind, filters, searching, terms, *shape):
+        key = (kind, filters, searching, terms, *shape)
         statement = self._statements.get(key)
         if statement is None:
-            statement = getattr(self, f"_build_{kind}")(filters, searching, *shape)
-            if not (filters or searching):  # its best plan does not depend on the values bound
+            statement = getattr(self, f"_build_{kind}")(filters, searching, terms, *shape)
+            # In id order, with no search or filter, the best plan is the same
+            # whatever the values bound (the id index, or an owner's few castings).
+            if terms[0][0] == "id" and not (filters or searching):
                 statement = prepared(statement)
             self._statements[key] = statement
         return statement
@@ -302,7 +304,7 @@ class Listing:
     def _ordered(self, statement, order):
         return statement.order_by(*(e.desc() if descending else e.asc() for e, descending in order))
 
-    def _build_count(self, filters, searching, unfiltered, terms):
+    def _build_count(self, filters, searching, terms, unfiltered):
         """The list's total: the table's counter row, or a count that stops at
         the bound. It reads the rows in the page's order, as the page does, so
         the planner walks the same index and stops early; unordered, it may
@@ -323,7 +325,7 @@ class Listing:
         if after_cursor:
             statement = statement.where(_after(order))
         unfiltered = self.whole_table and not (filters or searching)
-        total = self._build_count(filters, searching, unfiltered, terms).scalar_subquery()
+        total = self._build_count(filters, searching, terms, unfiltered).scalar_subquery()
         statement = statement.add_columns(*(e.label(f"_k{i}") for i, (e, _) in enumerate(order)), total.label("_total"))
         return self._ordered(statement, order).limit(bindparam("limit")).offset(bindparam("offset"))
 
