@@ -302,6 +302,29 @@ def fetch(blp, model, key, name):
     return decorator
 
 
+def listed_under(blp, model, key):
+    """For a list under a row of `model` (a movie's actors) whose id is the
+    path's `key`: a 404 when there is no such row, before any 400. The list's
+    rows name their owner, so only an empty page, or a refused request, costs a
+    look for the owner (README: "What each change bought"): the view looks
+    when its page is empty, this wrapper when the request is refused."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            if kwargs[key] > MAX_ID:  # no such row, and no statement can bind it
+                row_or_404(model, kwargs[key])
+            try:
+                return view(*args, **kwargs)
+            except BadRequest:
+                row_or_404(model, kwargs[key])
+                raise
+
+        return documented_errors(blp, 404)(wrapper)
+
+    return decorator
+
+
 def documented_errors(blp, *statuses, examples=None):
     """Document error answers of an operation, each in the error envelope, with
     an example (`examples` by status, else error_example's)."""
@@ -544,13 +567,16 @@ def cast_list(blp, owner, other, permission):
     @blp.route(f"/<id:{owner.key}>/{other.plural}")
     class CastList(MethodView):
         @protected(blp, permission)
-        @fetch(blp, owner.model, owner.key, "parent")
+        @listed_under(blp, owner.model, owner.key)
         @list_query(blp, other.list_query_schema)
         @blp.response(200, envelope, headers={"Link": NEXT_LINK_HEADER})
         @blp.doc(summary=f"List the {other.plural} of one {owner.singular}, each with its character")
-        def get(self, args, parent):
-            page = listing.page(args, f"{owner.plural}/{parent['id']}/{other.plural}", owner=parent["id"])
-            return list_response(other.plural, page, args, request.path, **{owner.key: parent["id"]})
+        def get(self, args, **path):
+            owner_id = path[owner.key]
+            page = listing.page(args, f"{owner.plural}/{owner_id}/{other.plural}", owner=owner_id)
+            if not page.rows:  # none cast, or past the end: of a row that exists?
+                row_or_404(owner.model, owner_id)
+            return list_response(other.plural, page, args, request.path, **{owner.key: owner_id})
 
 
 def casting_routes(blp):

@@ -330,6 +330,35 @@ class CursorTest(ListTestCase):
         self.assertEqual((body["actors"], body["next_cursor"], body["total_actors"]), ([], None, 10))
 
 
+class CastListOwnerTest(ListTestCase):
+    """A list under a movie or an actor looks for its owner only when its page
+    is empty or the request is refused: the answers must not show it."""
+
+    def test_a_missing_owner_is_404_before_any_400(self):
+        cursor = self.get(f"/movies/{self.movie}/actors?per_page=2").get_json()["next_cursor"]
+        queries = ["", "?per_page=0", "?sort=nope", "?age_min=x", f"?cursor={cursor}", "?cursor=x.y", "?page=3"]
+        queries.append("?page=101&per_page=100")  # past the window
+        for path, named in (("/movies/424242/actors", "movie 424242"), ("/actors/434343/movies", "actor 434343")):
+            for query in queries:
+                with self.subTest(path=path, query=query):
+                    self.assertError(self.call("GET", path + query), 404, f"{named} not found")
+
+    def test_an_owner_with_nothing_cast_or_a_page_past_the_end_is_an_empty_page(self):
+        lonely = self.add(Movie, title="Nobody Came", release_date=datetime.date(2030, 1, 1))["id"]
+        for path, total in (
+            (f"/movies/{lonely}/actors", 0),
+            (f"/movies/{self.movie}/actors?page=99", len(self.actors)),
+        ):
+            with self.subTest(path):
+                body = self.get(path).get_json()
+                self.assertEqual((body["actors"], body["total_actors"], body["next_cursor"]), ([], total, None))
+
+    def test_a_refused_request_for_an_owner_that_exists_is_the_400(self):
+        for query, named in (("?per_page=0", "per_page"), ("?sort=nope", "sort"), ("?cursor=x.y", "cursor")):
+            with self.subTest(query):
+                self.assertError(self.call("GET", f"/movies/{self.movie}/actors{query}"), 400, named)
+
+
 class WindowAndTotalTest(ApiTestCase):
     """The first 10,000 items by page, every item by cursor; exact totals up to
     the bound (1,000), then a lower bound that says so."""
