@@ -11,13 +11,15 @@ import uuid
 from unittest import mock
 
 import jwt
+from limits import parse
+from limits.strategies import FixedWindowRateLimiter
 from redis.connection import SSLConnection
 
 from app import create_app
 from auth import ROLES
 from loopback import clean_environment, rsa_key, run_procfile
 from models import Actor
-from ratelimit import settings
+from ratelimit import MemoryCounters, settings
 from testing import ApiTestCase, app_config, dispose
 
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
@@ -288,6 +290,31 @@ class RedisConnectionTest(unittest.TestCase):
         self.assertNotIn("ssl_cert_reqs", pool.connection_kwargs)
         self.assertLessEqual(pool.connection_kwargs["socket_timeout"], 1)
         self.assertLessEqual(pool.connection_kwargs["socket_connect_timeout"], 1)
+
+
+class MemoryCountersTest(unittest.TestCase):
+    """The counters without Redis: limits' fixed windows, their expired keys
+    dropped by the counts themselves (no timer thread)."""
+
+    def test_counts_expire_with_their_window_and_are_dropped_without_a_timer(self):
+        counters = MemoryCounters()
+        limiter = FixedWindowRateLimiter(counters)
+        two_a_minute = parse("2/minute")
+        now = [1_000_000.0]
+        with mock.patch("time.time", lambda: now[0]):
+            self.assertEqual([limiter.hit(two_a_minute, "a") for _ in range(3)], [True, True, False])
+            self.assertTrue(limiter.hit(two_a_minute, "b"))
+            now[0] += 61  # both windows are over: a count drops every expired key
+            self.assertTrue(limiter.hit(two_a_minute, "c"))
+            self.assertEqual(set(counters.storage), {two_a_minute.key_for("c")})
+            self.assertTrue(limiter.hit(two_a_minute, "a"))  # a's window opened again
+
+    def test_the_app_counts_in_them_without_redis(self):
+        app = create_app(app_config())
+        try:
+            self.assertIsInstance(app.extensions["rate_limits"].limiter.storage, MemoryCounters)
+        finally:
+            dispose(app)
 
 
 class ConfigurationTest(unittest.TestCase):
