@@ -242,12 +242,15 @@ class RateLimits:
         keys = [limiter._key_prefix, g.rate_limit_subject, limit.scope]
         try:
             allowed = limiter.limiter.hit(limit.limit, *keys)
-        except Exception:  # the storage failed: Flask-Limiter's decorated check falls back (and logs it)
+        except Exception:  # the storage failed: what Flask-Limiter does then, then its decorated check
+            limiter.logger.warning("Rate limit storage unreachable - falling back to in-memory storage")
+            limiter._storage_dead = True
             return self.check_subject_decorated()
         context = limiter.context
         context.view_rate_limit = RequestLimit(limiter, limit.limit, keys, not allowed, shared=True)
         context.view_rate_limits = [context.view_rate_limit]
         if not allowed:
+            limiter.logger.info("ratelimit %s (%s) exceeded", limit.limit, g.rate_limit_subject)
             raise RateLimitExceeded(limit)
 
     def check(self):

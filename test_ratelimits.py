@@ -274,6 +274,22 @@ class RedisUnreachableTest(LimitsTestCase):
         self.spend_address()
 
 
+class StorageFailsMidwayTest(LimitsTestCase):
+    def test_a_count_that_fails_falls_back_to_memory_with_a_warning_and_no_error(self):
+        token = self.token()
+        self.assertLimited(self.request("GET", "/actors", token), PER_SUBJECT, PER_SUBJECT - 1)
+        limiter = self.app.extensions["rate_limits"].limiter
+        failing = mock.patch.object(limiter.storage, "incr", side_effect=ConnectionError("the storage went away"))
+        with failing, self.assertLogs("flask-limiter", "WARNING") as logs:
+            response = self.request("GET", "/actors", token)  # the token is known: the subject's count fails
+            self.assertEqual(response.status_code, 200)
+            self.assertIn("falling back to in-memory storage", "\n".join(logs.output))
+            self.assertLimited(response, PER_SUBJECT, PER_SUBJECT - 1)  # counted afresh, in memory
+            for _ in range(PER_SUBJECT - 1):
+                self.assertEqual(self.request("GET", "/actors", token).status_code, 200)
+            self.assertTooMany(self.request("GET", "/actors", token), PER_SUBJECT)
+
+
 class RedisConnectionTest(unittest.TestCase):
     def storage_pool(self, url):
         app = create_app(app_config(REDIS_URL=url))
