@@ -7,8 +7,9 @@ prints one table (also written to bench/results.md with the machine and the
 command): requests/s, p50 and p99 latency, throughput as a share of the
 baseline (a bare Flask app, bench/bare.py, one route returning a constant, served
 by the same gunicorn, gunicorn.conf.py and workers in the same run), each size's
-p50 as a ratio of the smallest's, the responses that were not 2xx, and the JWKS
-fetches the issuer saw during the timed runs. The app's own `GET /` is a row too,
+p50 as a ratio of the smallest's, the CPU time per request of the app's workers
+and of PostgreSQL, the responses that were not 2xx, and the JWKS fetches the
+issuer saw during the timed runs. The app's own `GET /` is a row too,
 so its fixed cost per request shows. The rate limits are set out of the way (one
 token sends every request); one more row, GET /actors/<id> at the smallest size
 on a second server whose limits count in a redis-server the bench starts, gives
@@ -359,12 +360,38 @@ def run_wrk(base, script, duration, env, wrk_log):
     numbers = {key: int(value) for key, value in fields.items() if key != "statuses"}
     return {
         "rps": numbers["requests"] / (numbers["duration_us"] / 1e6),
+        "requests": numbers["requests"],
         "p50": numbers["p50_us"] / 1000,
         "p99": numbers["p99_us"] / 1000,
         "non2xx": numbers["non2xx"],
         "statuses": fields["statuses"],
         "socket_errors": numbers["socket_errors"],
     }
+
+
+# --- CPU by process ----------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_kind(server):
+    """CPU seconds (user and system) used so far by the server's gunicorn
+    workers and by every PostgreSQL process, read from /proc: sampled around a
+    timed run, they say where a request's cost is (the app's Python or the
+    database: a statement planned on every run shows in the second)."""
+    spent = {"app": 0.0, "database": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        kind = "database" if comm == "postgres" else "app" if int(fields[1]) == server.process.pid else None
+        if kind:
+            spent[kind] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return spent
 
 
 # --- py-spy ----------------------------------------------------------------------
@@ -418,8 +445,8 @@ def table(results):
     smallest = min(SIZES)
     lines = [
         "| operation | actors | req/s | p50 ms | p99 ms | of bare Flask | p50 vs "
-        f"{smallest:,} | non-2xx | socket errors | JWKS fetches | targets |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"{smallest:,} | app CPU us | database CPU us | non-2xx | socket errors | JWKS fetches | targets |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for op in OPERATIONS:
         for size in SIZES:
@@ -445,7 +472,8 @@ def table(results):
             ratio_text = "" if ratio is None else f"{ratio:.2f}x{against}"
             lines.append(
                 f"| {op.label} | {size:,} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {share:.0%} | "
-                f"{ratio_text} | {non2xx} | {r['socket_errors']:,} | {r['jwks']} | "
+                f"{ratio_text} | {r['cpu_us']['app']:,.0f} | {r['cpu_us']['database']:,.0f} | "
+                f"{non2xx} | {r['socket_errors']:,} | {r['jwks']} | "
                 f"{'miss: ' + ', '.join(misses) if misses else 'ok'} |"
             )
     return "\n".join(lines)
@@ -511,6 +539,8 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 - "of bare Flask": requests/s as a share of the bare Flask app's `GET /` (bench/bare.py: one route, a
   constant; the same gunicorn, `gunicorn.conf.py` and workers) at the same size in the same run.
   "p50 vs {min(SIZES):,}": the p50 at that size over the p50 at {min(SIZES):,} actors.
+  "app CPU us", "database CPU us": CPU time per request of the server's gunicorn workers and of all
+  PostgreSQL's processes during the timed run (from /proc; wrk's own is in neither).
   "non-2xx": responses with status >= 300, counted by the Lua `response` hook (statuses in brackets).
   "JWKS fetches": fetches the issuer saw during the timed run (after the warm-ups).
 - Targets: GET by id >= 50% of the bare Flask app, the counted page >= 40%, the one-match search and the
@@ -600,9 +630,13 @@ def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
         op_base = f"http://127.0.0.1:{server.port}"
         run_env = dict(env, BENCH_PATH=path or "")
         run_wrk(op_base, op.script, WARMUP, run_env, wrk_log)
-        fetches = issuer.fetches
+        fetches, cpu_before = issuer.fetches, cpu_by_kind(server)
         result = run_wrk(op_base, op.script, DURATION, run_env, wrk_log)
         result["jwks"] = issuer.fetches - fetches
+        result["cpu_us"] = {
+            kind: (spent - cpu_before[kind]) / max(result["requests"], 1) * 1e6
+            for kind, spent in cpu_by_kind(server).items()
+        }
         results[(op.name, size)] = result
         if PROFILE:
             summary = profile(server, op_base, op.script, run_env, wrk_log, run_dir / f"profile-{op.name}-{size}.txt")
