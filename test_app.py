@@ -226,6 +226,55 @@ class StaleConnectionTest(ApiTestCase):
             self.assertNotEqual(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar(), pid)
 
 
+class PreparedStatementTest(ApiTestCase):
+    def test_reads_by_id_and_lists_in_id_order_are_prepared_searches_filters_and_sorts_are_not(self):
+        """database.prepared: PostgreSQL keeps one plan for a prepared select,
+        so only the selects whose best plan suits every value may be one."""
+        engine = self.app.extensions["statements"]
+        if engine.dialect.name != "postgresql":
+            self.skipTest("prepared statements are PostgreSQL's")
+        actor = self.add(Actor, **ACTOR)["id"]
+        movie = self.add(Movie, **MOVIE_ROW)["id"]
+        self.add(Casting, movie_id=movie, actor_id=actor)
+        prepared = [f"/actors/{actor}", "/actors", "/actors?sort=-id", f"/movies/{movie}/actors"]
+        for path in [*prepared, "/actors?q=vi", "/actors?gender=female", "/actors?sort=name"]:
+            response = self.call("GET", path, role="Casting Assistant")
+            self.assertEqual(response.status_code, 200, (path, response.get_json()))
+            self.assertIn("Viola Davis", response.get_data(as_text=True), path)
+        # The requests ran one after another on the pool's one connection.
+        with engine.connect() as connection:
+            self.assertEqual(connection.exec_driver_sql("SHOW plan_cache_mode").scalar(), "force_generic_plan")
+            statements = connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+        self.assertEqual(len(statements), len(prepared), statements)
+        self.assertTrue(any("WHERE actors.id = $1" in statement for statement in statements), statements)
+        # Neither the search (ILIKE) nor the filter or the sort by name (lower(...)) is prepared.
+        self.assertFalse(any("ILIKE" in statement or "lower(" in statement for statement in statements), statements)
+
+
+class AsyncCheckTest(unittest.TestCase):
+    def test_the_app_tells_async_functions_from_plain_ones_and_remembers(self):
+        app = create_app(app_config())
+        self.addCleanup(dispose, app)
+
+        def plain():
+            return 1
+
+        async def coroutine():
+            return 1
+
+        class View:
+            def get(self):
+                return 2
+
+        for _ in range(2):  # asked, then remembered
+            self.assertIs(app.ensure_sync(plain), plain)
+            method = View().get
+            self.assertIs(app.ensure_sync(method), method)
+            # Flask wraps an async function, which needs Flask's async extra (not installed).
+            with self.assertRaisesRegex(RuntimeError, "async"):
+                app.ensure_sync(coroutine)
+
+
 class CollectionTest(ApiTestCase):
     def test_list_is_ordered_by_id_with_total_page_and_per_page(self):
         for res in RESOURCES:
