@@ -10,11 +10,9 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import uuid
 from inspect import iscoroutinefunction
 
-import psycopg2
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
 from dotenv import load_dotenv
 from flask import Flask, Response, current_app, g, jsonify, request, url_for
@@ -49,7 +47,7 @@ import etags
 import schemas
 import writes
 from auth import init_auth, requires_auth, token_command
-from database import engine_options, execute, init_database, row_or_404
+from database import engine_options, execute, init_database, row_or_404, unavailable
 from lists import ACTOR_COLUMNS, AUDIT_COLUMNS, MOVIE_COLUMNS, Listing, init_lists, next_link
 from models import MAX_ID, Actor, AuditEvent, Casting, Movie, db
 from ratelimit import HEADERS as RATE_LIMIT_HEADERS
@@ -658,7 +656,7 @@ def register_error_handlers(app):
 
     @app.errorhandler(DBAPIError)
     def database_error(e):
-        if e.connection_invalidated or connection_lost_or_refused(e.orig):
+        if unavailable(e):
             # No bug to trace: the service recovers when the database is back.
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
@@ -670,27 +668,6 @@ def register_error_handlers(app):
         # The traceback stays in the server's log; the client gets the request id.
         app.logger.exception("unexpected error, request_id=%s", g.get("request_id"))
         return error_response(InternalServerError())
-
-
-# PostgreSQL's answers that mean "not now": the server is shutting down,
-# starting up, or has no connection to spare.
-_SERVER_UNAVAILABLE = ("57P01", "57P02", "57P03", "53300")
-
-
-def connection_lost_or_refused(error):
-    """Whether a driver's error means the database cannot be reached (a 503):
-    a refused, timed out or lost connection. Anything else the database said (a
-    missing table, a cancelled statement, a serialization failure) is a bug or a
-    conflict to see in the log: a 500."""
-    if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
-    if isinstance(error, psycopg2.InterfaceError):  # a connection already closed
-        return True
-    if isinstance(error, psycopg2.OperationalError):
-        if error.pgcode is None:  # libpq's own error, with no SQLSTATE: refused, timed out or lost
-            return type(error) is psycopg2.OperationalError
-        return error.pgcode.startswith("08") or error.pgcode in _SERVER_UNAVAILABLE  # 08: connection exception
-    return False
 
 
 def refuse_oversized_body():

@@ -11,8 +11,10 @@ build their statements from a request's filters and sort, are in lists.py.
 import functools
 import itertools
 import re
+import sqlite3
 from select import POLLIN, poll
 
+import psycopg2
 from flask import current_app
 from sqlalchemy import bindparam, create_engine, event, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -186,3 +188,32 @@ def row_or_404(model, id_):
     if not found:
         raise NotFound(f"{noun(model)} {id_} not found")
     return found[0]
+
+
+# --- errors: unavailable (503) or a bug (500) ---------------------------------
+
+# PostgreSQL's answers that mean "not now": the server is shutting down,
+# starting up, or has no connection to spare.
+_SERVER_UNAVAILABLE = ("57P01", "57P02", "57P03", "53300")
+
+
+def connection_lost_or_refused(error):
+    """Whether a driver's error means the database cannot be reached (a 503):
+    a refused, timed out or lost connection. Anything else the database said (a
+    missing table, a cancelled statement, a serialization failure) is a bug or a
+    conflict to see in the log: a 500."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
+    if isinstance(error, psycopg2.InterfaceError):  # a connection already closed
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        if error.pgcode is None:  # libpq's own error, with no SQLSTATE: refused, timed out or lost
+            return type(error) is psycopg2.OperationalError
+        return error.pgcode.startswith("08") or error.pgcode in _SERVER_UNAVAILABLE  # 08: connection exception
+    return False
+
+
+def unavailable(error):
+    """Whether a DBAPIError means the database cannot answer now (a 503, which
+    clears by itself) rather than a bug or a conflict (a 500)."""
+    return error.connection_invalidated or connection_lost_or_refused(error.orig)

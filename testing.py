@@ -5,6 +5,7 @@ The suite makes its own RSA keys and publishes them as a JWKS over real HTTP on
 code under test. No test needs the internet.
 """
 
+import datetime
 import os
 import tempfile
 import unittest
@@ -15,6 +16,11 @@ from sqlalchemy import text
 from app import create_app
 from loopback import Issuer
 from models import columns, db
+
+# Sample rows, as a client sends them (MOVIE) and as the database holds them (MOVIE_ROW).
+ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
+MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
+MOVIE_ROW = {"title": "Harbour Lights", "release_date": datetime.date(2021, 10, 15)}
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "casting-agency-test"
