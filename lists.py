@@ -364,8 +364,8 @@ def _query_form(value):
 #
 # A cursor is the list's name, its criteria and the last item's sort keys, as
 # JSON, with an HMAC so that a client cannot hand back a cursor the API did not
-# make: an edited one is a 400. The key is SECRET_KEY, or derived from the
-# database URL, which every instance of the service shares (see the README).
+# make: an edited one is a 400. The key comes from SECRET_KEY, which every
+# instance of the service shares (see the README).
 
 
 def _b64(data):
@@ -403,8 +403,9 @@ def decode_cursor(cursor):
 
 
 def init_lists(app):
-    secret = app.config.get("SECRET_KEY") or "cursor key from " + app.config["SQLALCHEMY_DATABASE_URI"]
-    app.extensions["cursor_key"] = hashlib.sha256(secret.encode()).digest()
+    # A key of its own for cursors, from SECRET_KEY (config.secret_key): never
+    # from another setting, or a cursor would be an oracle for that setting.
+    app.extensions["cursor_key"] = hmac.new(app.config["SECRET_KEY"].encode(), b"list cursors", hashlib.sha256).digest()
     app.config.setdefault("LIST_WINDOW", WINDOW)
     app.config.setdefault("LIST_COUNT_BOUND", COUNT_BOUND)
 

@@ -5,15 +5,19 @@ rows the test wrote."""
 
 import base64
 import datetime
+import hashlib
+import hmac
 import io
 import json
 import random
+import tempfile
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import delete, event, insert
 
+from app import create_app
 from models import Actor, Casting, Movie, db
-from testing import ApiTestCase
+from testing import ApiTestCase, app_config, dispose
 
 # Names that differ only in case, ages and genders with ties, so that sorting
 # must ignore case and break ties by id.
@@ -260,6 +264,31 @@ class CursorTest(ListTestCase):
 
     def cursor_of(self, path):
         return self.get(path).get_json()["next_cursor"]
+
+    def test_a_cursor_is_signed_with_the_secret_key_alone(self):
+        """Cursors were once signed with a key derived from the database URL
+        when SECRET_KEY was unset: predictable on SQLite (forged cursors were
+        accepted), an offline oracle for the password on PostgreSQL."""
+        instance = tempfile.TemporaryDirectory()
+        self.addCleanup(instance.cleanup)
+        unset = create_app(app_config(SECRET_KEY=None, INSTANCE_PATH=instance.name))  # as ./setup.sh serve runs
+        self.addCleanup(dispose, unset)
+        client = unset.test_client()
+        cursor = client.get("/actors?per_page=2", headers=self.headers()).get_json()["next_cursor"]
+        payload = cursor.split(".")[0]
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        derived = hashlib.sha256(("cursor key from " + unset.config["SQLALCHEMY_DATABASE_URI"]).encode()).digest()
+        forged = base64.urlsafe_b64encode(hmac.new(derived, raw, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+        self.assertError(client.get(f"/actors?cursor={payload}.{forged}", headers=self.headers()), 400, "cursor")
+        self.assertEqual(client.get(f"/actors?cursor={cursor}", headers=self.headers()).status_code, 200)
+        # Every instance of a deployment shares SECRET_KEY, so each takes the others' cursors.
+        cursor = self.cursor_of("/actors?per_page=2")
+        for secret, status in ((self.app.config["SECRET_KEY"], 200), ("another deployment's secret", 400)):
+            with self.subTest(secret=secret):
+                other = create_app(app_config(SECRET_KEY=secret))
+                self.addCleanup(dispose, other)
+                response = other.test_client().get(f"/actors?cursor={cursor}", headers=self.headers())
+                self.assertEqual(response.status_code, status, response.get_json())
 
     def test_malformed_tampered_and_contradicting_cursors_are_400(self):
         cursor = self.cursor_of("/actors?per_page=2&gender=female&sort=-age")
@@ -553,8 +582,8 @@ def _scanned(node):
 
 class DescriptionAgreesTest(ApiTestCase):
     def test_each_lists_query_schema_names_exactly_what_its_listing_filters_and_sorts_by(self):
-        from app import ACTORS, MOVIES
         from lists import AUDIT_COLUMNS
+        from resources import ACTORS, MOVIES
         from schemas import AuditQuerySchema
 
         paging = {"page", "per_page", "cursor"}
