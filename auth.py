@@ -34,6 +34,8 @@ from flask import current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
 
+from config import ConfigError, instance_file
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ["RS256"]  # an allow-list: the token's own header never chooses
@@ -149,23 +151,13 @@ class LocalIssuer:
 
 
 def _load_or_create_key(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        # O_EXCL: of two processes starting at once, one creates and one reads.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as file:
-            return serialization.load_pem_private_key(file.read(), password=None)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with os.fdopen(fd, "wb") as file:
-        file.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+    def new_key():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-    return key
+
+    return serialization.load_pem_private_key(instance_file(path, new_key), password=None)
 
 
 def _thumbprint(public_key):
@@ -294,7 +286,7 @@ def issuer_settings(config):
     if not (issuer or jwks_url):
         return None
     if not (issuer and jwks_url):
-        raise RuntimeError("set AUTH0_DOMAIN, or both AUTH0_ISSUER and JWKS_URL")
+        raise ConfigError("set AUTH0_DOMAIN, or both AUTH0_ISSUER and JWKS_URL")
     return issuer, jwks_url
 
 
@@ -302,7 +294,7 @@ def init_auth(app):
     settings = issuer_settings(app.config)
     if settings is None:
         if app.config.get("REQUIRE_ISSUER"):
-            raise RuntimeError(
+            raise ConfigError(
                 "no token issuer configured: set AUTH0_DOMAIN (or AUTH0_ISSUER and JWKS_URL) "
                 "and API_AUDIENCE; a production start refuses to run with the local issuer"
             )
@@ -321,7 +313,7 @@ def init_auth(app):
     issuer, jwks_url = settings
     audience = app.config.get("API_AUDIENCE")
     if not audience:
-        raise RuntimeError("API_AUDIENCE must be set when a token issuer is configured")
+        raise ConfigError("API_AUDIENCE must be set when a token issuer is configured")
     keys = JWKSKeys(
         jwks_url,
         timeout=float(app.config["JWKS_TIMEOUT"]),

@@ -55,6 +55,8 @@ def init_database(app):
     (same database and pool settings; autocommit from the start, because
     switching a pooled connection's isolation level on each checkout costs
     more than the query), both with the liveness check."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, app.config["DB_POOL_SIZE"])
     db.init_app(app)
     with app.app_context():
         options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])

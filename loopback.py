@@ -337,8 +337,10 @@ def clean_environment(**settings):
     the machine's: the virtualenv's programs first on PATH, and FLASK_SKIP_DOTENV
     so that neither Flask nor the app reads the checkout's .env."""
     env = {name: os.environ[name] for name in KEPT if name in os.environ}
+    # A deploy has a SECRET_KEY (a production start refuses to run without one);
+    # SECRET_KEY="" stands for a deploy that forgot it.
     env.update(PATH=BIN + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"), FLASK_SKIP_DOTENV="1")
-    env.update(settings)
+    env.update({"SECRET_KEY": "a secret shared by every instance of the deploy", **settings})
     return env
 
 

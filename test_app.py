@@ -12,10 +12,12 @@ from flask import Flask
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-import app as application
+import resources
 import schemas
 import writes
-from app import create_app, database_url, load_config
+from app import create_app
+from auth import LocalIssuer
+from config import ConfigError, database_url, load_config
 from models import MAX_ID, Actor, Casting, Movie, db
 from testing import ACTOR, ISSUER, MOVIE, MOVIE_ROW, ApiTestCase, app_config, dispose
 
@@ -107,7 +109,10 @@ class RequestIdTest(ApiTestCase):
                 self.assertNotEqual(response.headers["X-Request-ID"], bad)
 
     def test_the_log_of_a_500_names_the_request_id(self):
-        with mock.patch("app.Listing.page", side_effect=RuntimeError("boom")), self.assertLogs("app", "ERROR") as logs:
+        with (
+            mock.patch("lists.Listing.page", side_effect=RuntimeError("boom")),
+            self.assertLogs("app", "ERROR") as logs,
+        ):
             response = self.call("GET", "/actors")
         self.assertIn(f"request_id={response.headers['X-Request-ID']}", logs.output[0])
 
@@ -510,7 +515,7 @@ class ItemTest(ApiTestCase):
     def losing_a_race(self):
         """Patch the lookup of a row so that, right after it, another request
         deletes that row: the view then loses the race."""
-        real_lookup = application.row_or_404
+        real_lookup = resources.row_or_404
 
         def lookup_then_lose(model, key):
             row = real_lookup(model, key)
@@ -518,7 +523,7 @@ class ItemTest(ApiTestCase):
                 connection.execute(delete(model).where(model.id == key))
             return row
 
-        return mock.patch("app.row_or_404", lookup_then_lose)
+        return mock.patch("resources.row_or_404", lookup_then_lose)
 
     def test_of_two_concurrent_deletes_one_wins_and_the_other_is_404(self):
         for res in RESOURCES:
@@ -790,7 +795,7 @@ class ErrorOrderTest(ApiTestCase):
 class UnexpectedErrorTest(ApiTestCase):
     def test_500_leaks_no_traceback_or_sql(self):
         boom = RuntimeError("SELECT secret FROM passwords -- Traceback")
-        with mock.patch("app.Listing.page", side_effect=boom), self.assertLogs("app", "ERROR") as logs:
+        with mock.patch("lists.Listing.page", side_effect=boom), self.assertLogs("app", "ERROR") as logs:
             body = self.assertError(self.call("GET", "/actors"), 500, "internal server error")
         self.assertNotIn("SELECT", str(body))
         self.assertIn("Traceback", "\n".join(logs.output))  # the server log keeps it
@@ -803,7 +808,8 @@ A_POSTGRES_URL = "postgres://user:secret@db.example:5432/casting"
 def deployed_app(**environment):
     """create_app() as a deploy or `flask run` calls it, seeing only these
     environment variables (FLASK_SKIP_DOTENV keeps the checkout's .env out)."""
-    with mock.patch.dict(os.environ, {"FLASK_SKIP_DOTENV": "1", **environment}, clear=True):
+    environment = {"FLASK_SKIP_DOTENV": "1", "SECRET_KEY": "a secret of the deploy", **environment}
+    with mock.patch.dict(os.environ, environment, clear=True):
         return create_app()
 
 
@@ -907,11 +913,11 @@ class DumperTest(unittest.TestCase):
             (schemas.IndexSchema, {"success": True, "name": "Casting Agency API", "docs": "/docs/", "openapi": "/x"}),
             (schemas.HealthSchema, {"success": True, "database": "ok"}),
             (schemas.DeletedSchema, {"success": True, "delete": 12}),
-            (application.ACTORS.item_envelope, {"success": True, "actor": actor}),
-            (application.MOVIES.item_envelope, {"success": True, "movie": movie}),
-            (application.MOVIES.item_envelope, {"success": True, "movie": {**movie, "release_date": None}}),
-            (application.ACTORS.page_envelope, {"success": True, "actors": [actor, actor], "total_actors": 2, **page}),
-            (application.MOVIES.page_envelope, {"success": True, "movies": [], "total_movies": 0, **page}),
+            (resources.ACTORS.item_envelope, {"success": True, "actor": actor}),
+            (resources.MOVIES.item_envelope, {"success": True, "movie": movie}),
+            (resources.MOVIES.item_envelope, {"success": True, "movie": {**movie, "release_date": None}}),
+            (resources.ACTORS.page_envelope, {"success": True, "actors": [actor, actor], "total_actors": 2, **page}),
+            (resources.MOVIES.page_envelope, {"success": True, "movies": [], "total_movies": 0, **page}),
             (
                 schemas.page_envelope(schemas.CastActorSchema, "actors", owner_key="movie_id"),
                 {"success": True, "movie_id": 4, "actors": [{**actor, "character": None}], "total_actors": 1, **page},
@@ -946,9 +952,32 @@ class ConfigTest(unittest.TestCase):
             self.assertEqual(engine.url.database, os.path.join(app.instance_path, "casting_agency.db"))
 
     def test_a_production_start_without_an_issuer_refuses(self):
-        for environment in ({"REQUIRE_ISSUER": "1"}, {"REQUIRE_ISSUER": "1", "AUTH0_DOMAIN": ""}):
-            with self.subTest(environment), self.assertRaisesRegex(RuntimeError, "no token issuer configured"):
+        # Any REQUIRE_ISSUER but 0 is a production start: an empty one too, which
+        # must not fall back to an issuer that mints its own tokens.
+        for environment in (
+            {"REQUIRE_ISSUER": "1"},
+            {"REQUIRE_ISSUER": "1", "AUTH0_DOMAIN": ""},
+            {"REQUIRE_ISSUER": ""},
+        ):
+            with self.subTest(environment), self.assertRaisesRegex(ConfigError, "no token issuer configured"):
                 deployed_app(**environment)
+        self.assertIsInstance(deployed_app(REQUIRE_ISSUER="0").extensions["auth"].keys, LocalIssuer)
+
+    def test_a_production_start_without_a_secret_key_refuses(self):
+        with self.assertRaisesRegex(ConfigError, "SECRET_KEY is not set"):
+            deployed_app(**AN_ISSUER, REQUIRE_ISSUER="1", SECRET_KEY="")
+
+    def test_elsewhere_a_random_secret_key_is_kept_in_the_instance_folder(self):
+        with tempfile.TemporaryDirectory() as instance:
+            keys = [create_app(app_config(SECRET_KEY=None, INSTANCE_PATH=instance)).config["SECRET_KEY"] for _ in "ab"]
+            with open(os.path.join(instance, "secret-key")) as file:
+                self.assertEqual(keys, [file.read()] * 2)  # made once, then read
+            self.assertEqual(os.stat(os.path.join(instance, "secret-key")).st_mode & 0o777, 0o600)
+        self.assertGreaterEqual(len(keys[0]), 40)
+        with tempfile.TemporaryDirectory() as another:
+            self.assertNotEqual(
+                create_app(app_config(SECRET_KEY=None, INSTANCE_PATH=another)).config["SECRET_KEY"], keys[0]
+            )
 
     def test_a_tests_config_alone_counts(self):
         # Whatever the machine's environment holds, an app made from a test's

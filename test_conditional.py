@@ -6,7 +6,7 @@ from unittest import mock
 
 from sqlalchemy import update
 
-import app as application
+import resources
 from models import Actor, AuditEvent, Movie, db
 from testing import ApiTestCase
 
@@ -149,7 +149,7 @@ class IfMatchTest(ConditionalTestCase):
         return {**self.headers(), "If-Match": tag}
 
     def changed_right_after_the_read(self, model, item_id):
-        real_lookup = application.row_or_404
+        real_lookup = resources.row_or_404
         changes = []
 
         def lookup_then_change(lookup_model, key):
@@ -160,7 +160,7 @@ class IfMatchTest(ConditionalTestCase):
                 changes.append(key)
             return found
 
-        return mock.patch("app.row_or_404", lookup_then_change)
+        return mock.patch("resources.row_or_404", lookup_then_change)
 
 
 class PrecedenceTest(ConditionalTestCase):

@@ -160,7 +160,7 @@ class DatabaseErrorTest(ApiTestCase):
     def assertAnswer(self, error, status):
         """A request meeting `error` answers `status`: a 503 logged in one line,
         a 500 with its traceback."""
-        with mock.patch("app.Listing.page", side_effect=error), self.assertLogs("app", "WARNING") as logs:
+        with mock.patch("lists.Listing.page", side_effect=error), self.assertLogs("app", "WARNING") as logs:
             response = self.call("GET", "/actors")
         log = "\n".join(logs.output)
         if status == 503:

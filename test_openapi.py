@@ -170,7 +170,7 @@ class ExamplesTest(unittest.TestCase):
         with self.assertLogs("app", "WARNING"):
             unavailable = down.test_client().get("/actors", headers=producer)
         dispose(down)
-        with mock.patch("app.Listing.page", side_effect=RuntimeError), self.assertLogs("app", "ERROR"):
+        with mock.patch("lists.Listing.page", side_effect=RuntimeError), self.assertLogs("app", "ERROR"):
             failed = app.test_client().get("/actors", headers=producer)
         for answer, status in ((unavailable, "503"), (failed, "default")):
             with self.subTest(status=status):

@@ -40,6 +40,7 @@ def app_config(**overrides):
         "JWKS_URL": ISSUER_ON_LOOPBACK.jwks_url,
         "API_AUDIENCE": AUDIENCE,
         "REQUIRE_ISSUER": False,
+        "SECRET_KEY": "a secret of the tests",
         "CORS_ORIGINS": "",
         "MAX_CONTENT_LENGTH": 1024 * 1024,
         "TESTING": True,
