@@ -11,7 +11,7 @@ every app the factory makes.
 
 import functools
 
-from flask import current_app, request, url_for
+from flask import current_app, g, request, url_for
 from flask.views import MethodView
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -187,7 +187,7 @@ def resource_blueprint(res):
         @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER, "ETag": etags.ETAG_HEADER})
         def post(self, data):
             """Create"""
-            row = writes.create(table, data)
+            row = writes.create(table, data, author())
             location = url_for(f"{res.plural}.Item", **{res.key: row["id"]})
             return {"success": True, res.singular: row}, {"Location": location, **etags.etag_header(row)}
 
@@ -209,7 +209,7 @@ def resource_blueprint(res):
         @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
         def patch(self, data, item, versions):
             """Change any non-empty subset of the fields (conditionally, with If-Match)"""
-            change = writes.change(table, {"id": item["id"]}, data, versions)
+            change = writes.change(table, {"id": item["id"]}, data, author(), versions)
             if change is None:
                 gone_or_changed(res.model, item["id"], versions)
             return {"success": True, res.singular: change.after}, etags.etag_header(change.after)
@@ -220,11 +220,16 @@ def resource_blueprint(res):
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, item, versions):
             """Delete, with its castings (conditionally, with If-Match)"""
-            if writes.remove(table, {"id": item["id"]}, versions) is None:
+            if writes.remove(table, {"id": item["id"]}, author(), versions) is None:
                 gone_or_changed(res.model, item["id"], versions)
             return {"success": True, "delete": item["id"]}
 
     return blp
+
+
+def author():
+    """Who writes, and in which request: what the write's audit event records."""
+    return writes.Author(g.claims["sub"], g.request_id)
 
 
 def gone_or_changed(model, item_id, versions):
@@ -296,7 +301,7 @@ def casting_routes(blp):
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
         def put(self, data, movie, actor):
             """Cast an actor in a movie (idempotent); a body sets the character"""
-            casting, created = writes.cast(movie["id"], actor["id"], data)
+            casting, created = writes.cast(movie["id"], actor["id"], data, author())
             return {"success": True, "casting": casting}, 201 if created else 200
 
         @protected(blp, "edit:movies")
@@ -305,7 +310,7 @@ def casting_routes(blp):
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, movie, actor):
             """Remove an actor from a movie's cast"""
-            writes.uncast(movie["id"], actor["id"])
+            writes.uncast(movie["id"], actor["id"], author())
             return {"success": True, "delete": actor["id"]}
 
 

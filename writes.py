@@ -1,8 +1,8 @@
 """Writes, each with its audit event, atomically (SPEC: "Audit trail").
 
 A write that succeeds records one row in audit_events: who (the token's
-`sub`), when, in which request, and the row before and after it. Both happen
-or neither does:
+`sub`), when, in which request (the caller says who and which: an `Author`),
+and the row before and after it. Both happen or neither does:
 
 - On PostgreSQL in one statement: the write is a data-modifying CTE and the
   event is inserted from the rows it returned; one round trip, as before.
@@ -19,7 +19,6 @@ import contextlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from flask import g
 from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
@@ -30,36 +29,41 @@ from models import Actor, AuditEvent, Casting, Movie
 
 
 @dataclass(frozen=True)
+class Author:
+    """Who makes a write (a token's `sub`) and in which request (its id):
+    what the write's audit event records."""
+
+    subject: str
+    request_id: str
+
+
+@dataclass(frozen=True)
 class Change:
     """The row before a change and after it (the same row when nothing changed)."""
 
     before: dict
     after: dict
 
-    @property
-    def changed(self):
-        return self.before is not self.after
-
 
 def _unchanged(row):
     return Change(row, row)
 
 
-def create(table, values, action="create"):
+def create(table, values, by, action="create"):
     """INSERT a row, and its event: the new row."""
     statement = insert(table).values(**values).returning(*table.c)
     with connect() as connection:
         if _one_statement(connection):
             new = statement.cte("new")
-            row = connection.execute(select(*new.c).add_cte(_record(action, table, None, new))).mappings().one()
+            row = connection.execute(select(*new.c).add_cte(_record(by, action, table, None, new))).mappings().one()
         else:
             with _transaction(connection):
                 row = connection.execute(statement).mappings().one()
-                _record_now(connection, action, table, None, row)
+                _record_now(connection, by, action, table, None, row)
     return dict(row)
 
 
-def change(table, key, values, versions=None, action="update"):
+def change(table, key, values, by, versions=None, action="update"):
     """UPDATE the row whose primary key is `key` (a dict) with `values`, when
     its version is one of `versions` (None: any), and its event when a value
     changed. A Change, or None when there is no such row."""
@@ -76,7 +80,7 @@ def change(table, key, values, versions=None, action="update"):
             new = changing.where(_same_row(table, table, old), _differs(table, values)).cte("new")
             columns = [c.label(f"before_{c.name}") for c in old.c] + [c.label(f"after_{c.name}") for c in new.c]
             statement = select(*columns).select_from(old.outerjoin(new, true()))
-            row = connection.execute(statement.add_cte(_record(action, table, old, new))).mappings().first()
+            row = connection.execute(statement.add_cte(_record(by, action, table, old, new))).mappings().first()
             if row is None:
                 return None
             before = {c.name: row[f"before_{c.name}"] for c in table.c}
@@ -90,27 +94,27 @@ def change(table, key, values, versions=None, action="update"):
             after = connection.execute(changing.where(matching, _differs(table, values))).mappings().first()
             if after is None:
                 return _unchanged(before)
-            _record_now(connection, action, table, before, after)
+            _record_now(connection, by, action, table, before, after)
             return Change(before, dict(after))
 
 
-def remove(table, key, versions=None, action="delete"):
+def remove(table, key, by, versions=None, action="delete"):
     """DELETE the row whose primary key is `key`, when its version is one of
     `versions` (None: any), and its event: the row as it was, or None."""
     statement = delete(table).where(_matches(table, key, versions)).returning(*table.c)
     with connect() as connection:
         if _one_statement(connection):
             old = statement.cte("old")
-            row = connection.execute(select(*old.c).add_cte(_record(action, table, old, None))).mappings().first()
+            row = connection.execute(select(*old.c).add_cte(_record(by, action, table, old, None))).mappings().first()
         else:
             with _transaction(connection):
                 row = connection.execute(statement).mappings().first()
                 if row is not None:
-                    _record_now(connection, action, table, row, None)
+                    _record_now(connection, by, action, table, row, None)
     return None if row is None else dict(row)
 
 
-def cast(movie, actor, data):
+def cast(movie, actor, data, by):
     """Cast `actor` in `movie`, `data` setting the character: (the casting,
     created?). Each step is atomic on its own, so a concurrent PUT or DELETE
     can land between them; the loop takes the step that matches what it finds."""
@@ -118,11 +122,11 @@ def cast(movie, actor, data):
     table = Casting.__table__
     for _attempt in range(3):
         # With no body, the "change" is of nothing: it finds the casting, changes nothing.
-        found = change(table, key, data, action="cast")
+        found = change(table, key, data, by, action="cast")
         if found is not None:
             return found.after, False
         try:
-            return create(table, {**key, **data}, action="cast"), True
+            return create(table, {**key, **data}, by, action="cast"), True
         except IntegrityError:
             # Another request cast the same pair first (then this is an update:
             # go round again), or deleted the movie or the actor (then it is a 404).
@@ -131,9 +135,9 @@ def cast(movie, actor, data):
     raise ServiceUnavailable("the casting is changing too fast; try again")
 
 
-def uncast(movie, actor):
+def uncast(movie, actor, by):
     """Remove `actor` from `movie`'s cast: the casting as it was, or a 404."""
-    removed = remove(Casting.__table__, {"movie_id": movie, "actor_id": actor}, action="uncast")
+    removed = remove(Casting.__table__, {"movie_id": movie, "actor_id": actor}, by, action="uncast")
     if removed is None:
         raise NotFound(f"actor {actor} is not cast in movie {movie}")
     return removed
@@ -181,7 +185,7 @@ def _new_values(table, values):
     return {**values, "version": table.c.version + 1} if "version" in table.c else values
 
 
-def _event(action, table, row):
+def _event(by, action, table, row):
     """An event's columns but before and after, for a write of `row` (a dict,
     or the columns of a CTE) of `table`."""
     if table.name == "castings":
@@ -190,19 +194,19 @@ def _event(action, table, row):
         ids = {"resource_id": row["id"], "movie_id": None, "actor_id": None}
     return {
         "at": datetime.now(UTC),
-        "subject": g.claims["sub"],
+        "subject": by.subject,
         "action": action,
         "resource": table.name,
         **ids,
-        "request_id": g.request_id,
+        "request_id": by.request_id,
     }
 
 
-def _record(action, table, old, new):
+def _record(by, action, table, old, new):
     """PostgreSQL: the INSERT of the event, as a CTE, from the write's CTEs
     `old` (the row before) and `new` (after); either may be None."""
     source = old if old is not None else new
-    event = _event(action, table, source.c)
+    event = _event(by, action, table, source.c)
     event["before"] = null() if old is None else func.to_jsonb(old.table_valued())
     event["after"] = null() if new is None else func.to_jsonb(new.table_valued())
     values = [v if isinstance(v, ColumnElement) else null() if v is None else literal(v) for v in event.values()]
@@ -210,9 +214,9 @@ def _record(action, table, old, new):
     return insert(AuditEvent).from_select(list(event), select(*values).select_from(sources)).cte("event")
 
 
-def _record_now(connection, action, table, before, after):
+def _record_now(connection, by, action, table, before, after):
     """Elsewhere: INSERT the event, in the write's transaction."""
-    event = _event(action, table, after if after is not None else before)
+    event = _event(by, action, table, after if after is not None else before)
     connection.execute(insert(AuditEvent).values(**event, before=_jsonable(before), after=_jsonable(after)))
 
 
