@@ -1,6 +1,7 @@
 """What every request goes through, before and after its view: its request id,
 the body's size limit, and the headers every response carries."""
 
+import io
 import uuid
 
 from flask import g, request
@@ -28,19 +29,42 @@ def assign_request_id():
 
 
 def refuse_oversized_body():
-    """413 before authentication; routing errors (404, 405) come first."""
+    """413 before authentication; routing errors (404, 405) come first. A body
+    sent with Transfer-Encoding: chunked has no length up front: it is read
+    here, up to the limit and a byte more, so that it is refused like any
+    other (read whole, not cut at the limit)."""
     if request.routing_exception is not None:
         return
+    limit = request.max_content_length
     length = request.content_length
-    if length is not None and length > request.max_content_length:
-        stream = request.environ["wsgi.input"]
-        remaining = min(length, DRAIN_LIMIT)
-        while remaining > 0:
-            chunk = stream.read(min(remaining, MIB))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-        raise RequestEntityTooLarge(f"the body is larger than {request.max_content_length} bytes")
+    if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        body = _read(request.environ["wsgi.input"], limit + 1)
+        if len(body) <= limit:
+            # The server has already taken the body apart; the app reads it as a sized one.
+            request.environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+            for name in ("wsgi.input_terminated", "HTTP_TRANSFER_ENCODING"):
+                request.environ.pop(name, None)
+            return
+        _read(request.environ["wsgi.input"], DRAIN_LIMIT - len(body), keep=False)
+    elif length is None or length <= limit:
+        return
+    else:
+        _read(request.environ["wsgi.input"], min(length, DRAIN_LIMIT), keep=False)
+    raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
+
+
+def _read(stream, size, keep=True):
+    """Up to `size` bytes of the body (a server's stream may return fewer than
+    asked for at a time); with keep=False, read and discard them."""
+    chunks = []
+    while size > 0:
+        chunk = stream.read(min(size, MIB))
+        if not chunk:
+            break
+        size -= len(chunk)
+        if keep:
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # Added to every response; nothing else sets them. (Werkzeug's setdefault looks

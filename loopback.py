@@ -142,10 +142,11 @@ class Reply:
         return f"<{self.status} {self.raw[:300]!r}>"
 
 
-def call(port, method, path, token=None, body=None, headers=None, timeout=20, source=None):
+def call(port, method, path, token=None, body=None, headers=None, timeout=20, source=None, chunked=False):
     """One request on its own connection, read to the end and closed. `body`
     is sent as JSON, unless it is bytes; `source`, another loopback address
-    (127.0.0.2, ...), makes it come from another client."""
+    (127.0.0.2, ...), makes it come from another client; `chunked` sends the
+    body with Transfer-Encoding: chunked, which gives no length up front."""
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -155,7 +156,10 @@ def call(port, method, path, token=None, body=None, headers=None, timeout=20, so
         headers["Content-Type"] = "application/json"
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=source and (source, 0))
     try:
-        connection.request(method, path, body=data, headers=headers)
+        if chunked:
+            whole = data
+            data = (whole[i : i + 65536] for i in range(0, len(whole), 65536))
+        connection.request(method, path, body=data, headers=headers, encode_chunked=chunked)
         with connection.getresponse() as response:
             return Reply(response.status, response.headers, response.read())
     finally:
