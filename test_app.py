@@ -468,6 +468,22 @@ class ValidationTest(ApiTestCase):
                 self.assertEqual(error["errors"], {"rating": ["Unknown field."]})
         self.assertEqual(self.rows(Actor) + self.rows(Movie), [])
 
+    def test_a_422_is_bounded_whatever_the_body(self):
+        many = {**ACTOR, **{f"unknown{i:05}": 1 for i in range(20_000)}}  # 418 KB: under the body limit
+        long_name = {**ACTOR, "x" * 200_000: 1}
+        for body, listed, more in ((many, 20, "and 19,980 more"), (long_name, 1, None)):
+            with self.subTest(fields=len(body)):
+                response = self.call("POST", "/actors", json=body)
+                error = self.assertError(response, 422)
+                self.assertLess(len(response.data), 8192)
+                self.assertEqual(len(error["errors"]), listed)
+                for name in error["errors"]:
+                    self.assertLessEqual(len(name), 100)
+                    self.assertEqual(error["message"].count(name + ":"), 1)  # each named once
+                if more:
+                    self.assertTrue(error["message"].endswith(more), error["message"][-80:])
+        self.assertEqual(self.rows(Actor), [])
+
     def test_patch_needs_at_least_one_field(self):
         for res in RESOURCES:
             item_id = self.add(res["model"], **res["row"])["id"]
