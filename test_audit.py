@@ -11,10 +11,7 @@ from sqlalchemy import delete
 
 import writes
 from models import Actor, AuditEvent, Casting, Movie, db
-from testing import ApiTestCase
-
-ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
-MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
+from testing import ACTOR, MOVIE, ApiTestCase
 
 
 class AuditTestCase(ApiTestCase):

@@ -25,10 +25,7 @@ from app import create_app
 from auth import ROLES, IssuerUnavailable, JWKSKeys, role_permissions
 from loopback import REPO, Issuer, clean_environment, rsa_key
 from models import Actor, Casting, Movie
-from testing import AUDIENCE, ISSUER, ApiTestCase, app_config, dispose
-
-MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
-ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
+from testing import ACTOR, AUDIENCE, ISSUER, MOVIE, ApiTestCase, app_config, dispose
 
 # Every protected endpoint: (method, path, permission, body, success status).
 # {actor} and {movie} are filled with fresh rows for each call.

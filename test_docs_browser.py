@@ -2,7 +2,6 @@
 running server, with every host but loopback unresolvable, and finds every
 operation of the description rendered. A screenshot is saved in artifacts/."""
 
-import datetime
 import html
 import json
 import os
@@ -15,13 +14,11 @@ import threading
 from werkzeug.serving import make_server
 
 from models import Actor, Movie
-from testing import ApiTestCase
+from testing import ACTOR, MOVIE_ROW, ApiTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCREENSHOT = os.path.join(HERE, "artifacts", "docs.png")
 # Rendered by Swagger UI for each operation: <div class="opblock opblock-get" ...> ... data-path="/actors"
-ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
-MOVIE = {"title": "Harbour Lights", "release_date": datetime.date(2021, 10, 15)}
 OPERATION = re.compile(r'class="opblock opblock-(\w+)[^"]*".*?data-path="([^"]+)"', re.S)
 
 
@@ -113,7 +110,7 @@ class DocsInBrowserTest(ApiTestCase):
     def test_try_it_out_starts_from_realistic_bodies_the_api_accepts(self):
         dom = self.browse("--dump-dom", page="/try-it-out.html")
         bodies = json.loads(html.unescape(re.search(r'<pre id="bodies">(.*?)</pre>', dom, re.S)[1]))
-        ids = {"actor_id": self.add(Actor, **ACTOR)["id"], "movie_id": self.add(Movie, **MOVIE)["id"]}
+        ids = {"actor_id": self.add(Actor, **ACTOR)["id"], "movie_id": self.add(Movie, **MOVIE_ROW)["id"]}
         actor = {"name": "Viola Davis", "age": 61, "gender": "Female"}
         movie = {"title": "Harbour Lights", "release_date": "2021-10-15"}
         expected = {  # what a user sees, as the sample data reads

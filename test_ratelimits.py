@@ -20,9 +20,8 @@ from auth import ROLES
 from loopback import clean_environment, rsa_key, run_procfile
 from models import Actor
 from ratelimit import MemoryCounters, settings
-from testing import ApiTestCase, app_config, dispose
+from testing import ACTOR, ApiTestCase, app_config, dispose
 
-ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
 PER_SUBJECT = 3
 PER_ADDRESS = 2
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")

@@ -15,12 +15,34 @@ from sqlalchemy import text
 
 from app import create_app
 from loopback import Issuer
-from models import columns, db
+from models import Actor, Movie, columns, db
 
 # Sample rows, as a client sends them (MOVIE) and as the database holds them (MOVIE_ROW).
 ACTOR = {"name": "Viola Davis", "age": 61, "gender": "Female"}
 MOVIE = {"title": "Harbour Lights", "release_date": "2021-10-15"}
 MOVIE_ROW = {"title": "Harbour Lights", "release_date": datetime.date(2021, 10, 15)}
+
+# What differs between the two resources; every test below runs for both.
+RESOURCES = [
+    {
+        "plural": "actors",
+        "singular": "actor",
+        "model": Actor,
+        "body": ACTOR,
+        "row": ACTOR,
+        "text": "name",
+        "edit": {"age": 62},
+    },
+    {
+        "plural": "movies",
+        "singular": "movie",
+        "model": Movie,
+        "body": MOVIE,
+        "row": MOVIE_ROW,
+        "text": "title",
+        "edit": {"release_date": "2022-01-31"},
+    },
+]
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "casting-agency-test"
