@@ -7,13 +7,18 @@ AUTH0_ISSUER and JWKS_URL) fails closed instead of minting its own keys.
 
 import os
 
+import gunicorn_worker
+
 os.environ.setdefault("REQUIRE_ISSUER", "1")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# The sync worker, but at a graceful stop (Heroku's SIGTERM) it serves the
-# connections already queued instead of leaving them to be reset.
+# The sync worker, but at a graceful stop of the whole server (Heroku's SIGTERM)
+# the master closes the door to new connections and the workers serve the ones
+# already queued instead of leaving them to be reset; a worker that leaves alone
+# (--max-requests, HUP) leaves the door open.
 worker_class = "gunicorn_worker.DrainingSyncWorker"
+when_ready = gunicorn_worker.when_ready
 # Build the app once in the master: a misconfiguration stops the start with
 # one clear error instead of workers failing to boot in a loop.
 preload_app = True
