@@ -1,4 +1,5 @@
-"""gunicorn's sync worker, made to lose no connection at a graceful stop.
+"""gunicorn's sync worker, made to lose no connection at a graceful stop, and to
+answer gunicorn's own refusals in the API's JSON envelope.
 
 Heroku sends SIGTERM at every restart and deploy. gunicorn's sync workers then
 finish the request in hand and exit; the listening socket stays open until the
@@ -27,11 +28,13 @@ alone.
 """
 
 import ctypes
+import json
 import signal
 import socket
 import struct
 import time
 
+from gunicorn.http import errors
 from gunicorn.workers.sync import SyncWorker
 
 SO_ATTACH_FILTER = 26  # Linux's <asm-generic/socket.h>; Python's socket module does not name it
@@ -100,6 +103,31 @@ class _Closed:
         return self.address
 
 
+class _ErrorPage:
+    """The client, as gunicorn's handle_error writes its HTML error page to it:
+    the page is kept, not sent; everything else is the client's."""
+
+    def __init__(self, client):
+        self.client = client
+        self.page = b""
+
+    def sendall(self, data):
+        self.page += data
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+# What gunicorn could not read, and how the envelope says it.
+UNREADABLE = [
+    (errors.InvalidRequestMethod, "the request method is not valid"),
+    (errors.InvalidHTTPVersion, "the HTTP version is not supported"),
+    (errors.InvalidRequestLine, "the request line is malformed"),
+    ((errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding), "a header field is malformed"),
+    (errors.UnsupportedTransferCoding, "the transfer coding is not supported"),
+]
+
+
 class DrainingSyncWorker(SyncWorker):
     terminated = False  # whether SIGTERM stopped the loop
 
@@ -137,3 +165,37 @@ class DrainingSyncWorker(SyncWorker):
             self.notify()  # still alive: the master's timeout is not for this wait
             time.sleep(DOOR_CHECK)
         return True
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's answer to a request it refuses (its status and its log
+        lines), with the API's JSON envelope instead of its HTML page."""
+        written = _ErrorPage(client)
+        super().handle_error(req, written, addr, exc)
+        status_line = written.page.split(b"\r\n", 1)[0].decode("latin-1")
+        if not status_line:
+            return  # gunicorn wrote nothing
+        _version, status, reason = status_line.split(" ", 2)
+        envelope = {"success": False, "error": int(status), "message": self.refusal(int(status), reason, exc)}
+        body = json.dumps(envelope, separators=(",", ":")) + "\n"
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            client.sendall(head.encode("latin-1") + body.encode())
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+    def refusal(self, status, reason, exc):
+        """The envelope's message for a refusal of gunicorn's."""
+        if status == 414:
+            return f"the request line is longer than {self.cfg.limit_request_line} bytes"
+        if status == 431:
+            return (
+                f"the request has more than {self.cfg.limit_request_fields} header fields, "
+                f"or one longer than {self.cfg.limit_request_field_size} bytes"
+            )
+        for kind, message in UNREADABLE:
+            if isinstance(exc, kind):
+                return message
+        return "the request could not be read" if status == 400 else reason.lower()

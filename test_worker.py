@@ -1,7 +1,8 @@
 """gunicorn_worker.py under the Procfile's gunicorn (./gunicorn.conf.py, two
 workers, SQLite): a worker that leaves alone (recycled by --max-requests, a HUP
 reload, its own SIGTERM, killed for its timeout) leaves the server accepting
-connections; a stop of the whole server serves every connection already queued."""
+connections; a stop of the whole server serves every connection already queued;
+gunicorn's own refusals answer in the API's JSON envelope."""
 
 import concurrent.futures
 import email
@@ -110,6 +111,11 @@ class AWorkerLeavingAloneTest(unittest.TestCase):
             wait_for_log(server, r"WORKER TIMEOUT")
             wait_for_log(server, r"Booting worker", count=3)  # its replacement: the master has reaped it
             self.assertAnswersNewConnections(server)
+            killed_in_the_middle = parse(read_all(slow))
+        self.assertEqual(killed_in_the_middle.status, 500)
+        self.assertEqual(
+            killed_in_the_middle.json(), {"success": False, "error": 500, "message": "internal server error"}
+        )
 
 
 class AWholeServerStopTest(unittest.TestCase):
@@ -255,6 +261,91 @@ class DoorTest(unittest.TestCase):
         listener.setblocking(False)
         with self.assertRaises(BlockingIOError):  # the refused SYN left nothing in the queue
             listener.accept()
+
+
+class RefusalsTest(unittest.TestCase):
+    """gunicorn's own refusals, before the app sees a request, answer in the API's
+    JSON envelope (written by the worker), and gunicorn still logs each one."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = start_server(cls.addClassCleanup)
+
+    def exchange(self, request):
+        with socket.create_connection((HOST, self.server.port), timeout=PATIENCE) as client:
+            client.sendall(request)
+            return parse(read_all(client))
+
+    def test_each_refusal_is_the_json_envelope(self):
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        too_many_headers = b"".join(b"X-%d: y\r\n" % i for i in range(101))
+        too_many = (
+            "the request has more than 100 header fields, or one longer than 16384 bytes",
+            "limit request headers fields",
+        )
+        cases = [  # (name, request, status, the envelope's message, gunicorn's log line)
+            (
+                "request line over 8,190 bytes",
+                b"GET /" + b"a" * 8200 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                414,
+                "the request line is longer than 8190 bytes",
+                "Request Line is too large",
+            ),
+            ("a header field over 16,384 bytes", request + b"X-Big: " + b"a" * 16400 + b"\r\n\r\n", 431, *too_many),
+            ("101 header fields", request + too_many_headers + b"\r\n", 431, *too_many),
+            ("no request line", b"NONSENSE\r\n\r\n", 400, "the request line is malformed", "Invalid HTTP request line"),
+            (
+                "a malformed method",
+                b"G@T /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                400,
+                "the request method is not valid",
+                "Invalid HTTP method: 'G@T'",
+            ),
+            (
+                "an unknown HTTP version",
+                b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+                400,
+                "the HTTP version is not supported",
+                "Invalid HTTP Version",
+            ),
+            (
+                "a header without a colon",
+                request + b"No colon here\r\n\r\n",
+                400,
+                "a header field is malformed",
+                "Invalid HTTP Header: 'No colon here'",
+            ),
+            (
+                "a header name with a space",
+                request + b"Bad Name: y\r\n\r\n",
+                400,
+                "a header field is malformed",
+                "Invalid HTTP header name: 'Bad Name'",
+            ),
+            (
+                "two lengths",
+                request + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+                "a header field is malformed",
+                "Invalid HTTP Header: 'CONTENT-LENGTH'",
+            ),
+        ]
+        for name, sent, status, message, logged in cases:
+            with self.subTest(name):
+                reply = self.exchange(sent)
+                self.assertEqual(reply.status, status, reply)
+                self.assertEqual(reply.headers["Content-Type"], "application/json")
+                self.assertEqual(reply.headers["Connection"], "close")
+                self.assertEqual(int(reply.headers["Content-Length"]), len(reply.raw))
+                self.assertEqual(reply.json(), {"success": False, "error": status, "message": message})
+                wait_for_log(self.server, re.escape(f"Invalid request from ip=127.0.0.1: {logged}"))
+
+    def test_a_request_gunicorn_accepts_is_the_apps_answer(self):
+        reply = self.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(reply.status, 200, reply)
+        self.assertEqual(reply.json(), {"success": True, "database": "ok"})
+        self.assertIn("X-Request-ID", reply.headers)  # the app's own answer
+        self.assertEqual(reply.headers["X-Content-Type-Options"], "nosniff")
 
 
 def read_all(client):
