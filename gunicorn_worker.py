@@ -129,6 +129,9 @@ UNREADABLE = [
 
 
 class DrainingSyncWorker(SyncWorker):
+    """gunicorn's sync worker that drains the queue behind a closed door, and
+    answers gunicorn's refusals in the envelope."""
+
     terminated = False  # whether SIGTERM stopped the loop
 
     def handle_exit(self, sig, frame):
@@ -176,13 +179,13 @@ class DrainingSyncWorker(SyncWorker):
             return  # gunicorn wrote nothing
         _version, status, reason = status_line.split(" ", 2)
         envelope = {"success": False, "error": int(status), "message": self.refusal(int(status), reason, exc)}
-        body = json.dumps(envelope, separators=(",", ":")) + "\n"
+        body = (json.dumps(envelope, separators=(",", ":")) + "\n").encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         try:
-            client.sendall(head.encode("latin-1") + body.encode())
+            client.sendall(head.encode("latin-1") + body)
         except OSError:
             self.log.debug("Failed to send error message.")
 
