@@ -17,6 +17,7 @@ import types
 import unittest
 from unittest import mock
 
+from gunicorn.config import Config
 from gunicorn.workers.sync import SyncWorker
 
 from gunicorn_worker import DrainingSyncWorker, refuse_new_connections, refusing_new_connections, when_ready
@@ -261,6 +262,42 @@ class DoorTest(unittest.TestCase):
         listener.setblocking(False)
         with self.assertRaises(BlockingIOError):  # the refused SYN left nothing in the queue
             listener.accept()
+
+
+class HandleErrorTest(unittest.TestCase):
+    """The worker's handle_error in this process, as the sync worker calls it
+    for a request that gunicorn refuses, with gunicorn's default limits."""
+
+    def answer(self, request, app=None):
+        worker = DrainingSyncWorker.__new__(DrainingSyncWorker)  # no arbiter: only what handle() uses
+        worker.cfg = Config()
+        worker.log = mock.Mock()
+        worker.wsgi = app
+        worker.nr, worker.max_requests = 0, 1000
+        listener = types.SimpleNamespace(getsockname=lambda: (HOST, 8000))
+        server_side, client = socket.socketpair()
+        self.addCleanup(client.close)
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        worker.handle(listener, server_side, ("127.0.0.1", 4242))
+        return parse(read_all(client)), worker.log
+
+    def test_the_envelope_follows_the_configured_limits_and_gunicorn_logs_the_refusal(self):
+        reply, log = self.answer(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+        self.assertEqual((reply.status, reply.headers["Content-Type"]), (414, "application/json"))
+        expected = {"success": False, "error": 414, "message": "the request line is longer than 4094 bytes"}
+        self.assertEqual(reply.json(), expected)
+        log.warning.assert_called_once()
+        self.assertIn("Invalid request from ip=127.0.0.1: Request Line is too large", log.warning.call_args[0][0])
+
+    def test_an_application_that_fails_before_it_answers_is_a_500_envelope(self):
+        def app(environ, start_response):
+            raise RuntimeError("a WSGI layer's bug")
+
+        reply, log = self.answer(b"GET / HTTP/1.1\r\n\r\n", app)
+        self.assertEqual(reply.status, 500)
+        self.assertEqual(reply.json(), {"success": False, "error": 500, "message": "internal server error"})
+        log.exception.assert_called_once()
 
 
 class RefusalsTest(unittest.TestCase):
