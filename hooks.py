@@ -5,7 +5,7 @@ import io
 import uuid
 
 from flask import g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from config import MIB
 
@@ -57,13 +57,16 @@ def _read(stream, size, keep=True):
     """Up to `size` bytes of the body (a server's stream may return fewer than
     asked for at a time); with keep=False, read and discard them."""
     chunks = []
-    while size > 0:
-        chunk = stream.read(min(size, MIB))
-        if not chunk:
-            break
-        size -= len(chunk)
-        if keep:
-            chunks.append(chunk)
+    try:
+        while size > 0:
+            chunk = stream.read(min(size, MIB))
+            if not chunk:
+                break
+            size -= len(chunk)
+            if keep:
+                chunks.append(chunk)
+    except Exception:  # the server's own error for a malformed chunk (gunicorn's InvalidChunkSize, ...)
+        raise BadRequest("the body's chunked encoding is malformed") from None
     return b"".join(chunks)
 
 
