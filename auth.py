@@ -3,8 +3,9 @@
 Every protected endpoint is wrapped in `requires_auth(permission)`. A token is
 accepted only if it is an RS256 JWT whose `kid` names a key of the issuer's
 key set, whose signature verifies, whose `iss` and `aud` match the
-configuration and whose `exp` (required) and `nbf` (when present) hold; then
-its `permissions` claim (where Auth0 RBAC puts them) must hold the endpoint's
+configuration, whose `exp` (required) and `nbf` (when present) hold, and whose
+`sub` is a string of 1 to 255 characters (each write records it); then its
+`permissions` claim (where Auth0 RBAC puts them) must hold the endpoint's
 permission. The checklist is RFC 8725's.
 
 Keys come from one of two sources behind the same verification code:
@@ -52,6 +53,9 @@ PERMISSIONS = _PRODUCER
 
 LOCAL_ISSUER = "urn:casting-agency:local-issuer"
 LOCAL_AUDIENCE = "casting-agency"
+# A token's `sub` is recorded by every write (the audit trail's subject column
+# holds 255 characters) and keys its rate-limit budget.
+MAX_SUBJECT = 255
 
 
 class AuthError(Unauthorized):
@@ -170,12 +174,14 @@ def _thumbprint(public_key):
 
 # --- verification -------------------------------------------------------------
 
+INVALID_SUBJECT = f"token subject (sub) must be a string of 1 to {MAX_SUBJECT} characters"
 _DECODE_ERRORS = [  # most specific first: several are subclasses of others
     (jwt.ExpiredSignatureError, "token_expired", "token has expired"),
     (jwt.ImmatureSignatureError, "token_not_yet_valid", "token is not valid yet"),
     (jwt.InvalidAudienceError, "invalid_audience", "token audience is invalid"),
     (jwt.InvalidIssuerError, "invalid_issuer", "token issuer is invalid"),
     (jwt.InvalidSignatureError, "invalid_signature", "token signature is invalid"),
+    (jwt.exceptions.InvalidSubjectError, "invalid_claims", INVALID_SUBJECT),
     (jwt.DecodeError, "malformed_token", "token is malformed"),
 ]
 
@@ -235,7 +241,7 @@ class Verifier:
                 algorithms=ALGORITHMS,
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": ["exp", "iss", "aud"]},
+                options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError("missing_claim", f"token lacks the required claim '{exc.claim}'") from None
@@ -244,6 +250,8 @@ class Verifier:
                 if isinstance(exc, error):
                     raise AuthError(code, message) from None
             raise AuthError("invalid_token", "token is invalid") from None
+        if not 0 < len(claims["sub"]) <= MAX_SUBJECT:  # PyJWT has checked that it is a string
+            raise AuthError("invalid_claims", INVALID_SUBJECT)
         return claims, kid
 
 

@@ -24,7 +24,7 @@ from flask.cli import FlaskGroup
 from app import create_app
 from auth import ROLES, IssuerUnavailable, JWKSKeys, role_permissions
 from loopback import REPO, Issuer, clean_environment, rsa_key
-from models import Actor, Casting, Movie
+from models import Actor, AuditEvent, Casting, Movie
 from testing import ACTOR, AUDIENCE, ISSUER, MOVIE, ApiTestCase, app_config, dispose
 
 # Every protected endpoint: (method, path, permission, body, success status).
@@ -140,6 +140,13 @@ class AttackTest(ApiTestCase):
             ("no exp", "Bearer " + issuer.token(["get:actors"], drop=["exp"]), "missing_claim"),
             ("no aud", "Bearer " + issuer.token(["get:actors"], drop=["aud"]), "missing_claim"),
             ("no iss", "Bearer " + issuer.token(["get:actors"], drop=["iss"]), "missing_claim"),
+            # Every write records its subject (the audit trail's column holds 255 characters):
+            ("no sub", "Bearer " + issuer.token(ROLES["Executive Producer"], drop=["sub"]), "missing_claim"),
+            ("sub null", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=None), "missing_claim"),
+            ("sub a number", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=42), "invalid_claims"),
+            ("sub a list", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=["a"]), "invalid_claims"),
+            ("sub empty", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=""), "invalid_claims"),
+            ("sub too long", "Bearer " + issuer.token(ROLES["Executive Producer"], sub="a" * 256), "invalid_claims"),
             ("exp not a number", "Bearer " + issuer.token(["get:actors"], exp="tomorrow"), "malformed_token"),
             ("wrong audience", "Bearer " + issuer.token(["get:actors"], aud="another-api"), "invalid_audience"),
             ("wrong issuer", "Bearer " + issuer.token(["get:actors"], iss="https://evil.test/"), "invalid_issuer"),
@@ -174,6 +181,13 @@ class AttackTest(ApiTestCase):
                     error = self.assertError(response, 401)
                     self.assertEqual(error["code"], code, error["message"])
         self.assertEqual(self.rows(Actor), [])
+
+    def test_a_subject_of_255_characters_writes_and_is_recorded(self):
+        subject = "auth0|" + "x" * 249
+        token = self.issuer.token(ROLES["Executive Producer"], sub=subject)
+        response = self.call("POST", "/actors", headers=self.headers(token=token), json=ACTOR)
+        self.assertEqual(response.status_code, 201, response.get_data(as_text=True))
+        self.assertEqual([event["subject"] for event in self.rows(AuditEvent)], [subject])
 
     def test_the_key_source_is_never_taken_from_the_token(self):
         attacker = Issuer(ISSUER, AUDIENCE)  # publishes its own JWKS
