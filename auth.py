@@ -11,7 +11,8 @@ permission. The checklist is RFC 8725's.
 Keys come from one of two sources behind the same verification code:
 
 * `JWKSKeys`: the issuer's published JWKS (Auth0, or any issuer), fetched with
-  a timeout and cached; an unknown `kid` refetches at most once per interval.
+  a timeout and cached; an unknown `kid`, or a set older than JWKS_CACHE_TTL,
+  refetches it, at most once per interval.
 * `LocalIssuer`: with no issuer configured, an RSA key kept in the instance
   folder, so a newcomer has a working, authenticated API offline. It also
   signs the tokens that `flask token ROLE` prints.
@@ -76,38 +77,62 @@ class IssuerUnavailable(ServiceUnavailable):
 class JWKSKeys:
     """The issuer's JWKS, fetched on first use and cached in the process.
 
-    A `kid` not in the cache triggers a refetch, but at most one per
-    `min_interval` seconds (fetch failures included), so no stream of forged
-    `kid`s can make the API hammer the issuer, while a rotated key is picked up.
-    When a refetch fails the cached keys keep serving.
+    A `kid` not in the cache triggers a refetch, and so does a cached set older
+    than `max_age` seconds (JWKS_CACHE_TTL), so that a key the issuer has
+    withdrawn (a revoked one) stops being trusted; but there is at most one
+    fetch per `min_interval` seconds (failures included), so no stream of
+    forged `kid`s can make the API hammer the issuer, while a rotated key is
+    picked up. When a refetch fails the cached keys keep serving.
     """
 
-    def __init__(self, url, timeout=5.0, min_interval=30.0):
+    def __init__(self, url, timeout=5.0, min_interval=30.0, max_age=600.0):
         self.url = url
         self.timeout = timeout
         self.min_interval = min_interval
+        self.max_age = max_age
         self._keys = {}
-        self._fetched_at = None
+        self._fetched_at = None  # when the cached set was fetched
+        self._tried_at = None  # the last fetch, whether it worked or not
         self._lock = threading.Lock()
 
     def known(self, kid):
-        """Whether `kid` is in the cached key set (never fetches)."""
-        return kid in self._keys
+        """Whether `kid` is in the key set (refetched first if it is too old)."""
+        return kid in self._current()
 
     def get(self, kid):
-        key = self._keys.get(kid)
+        key = self._current().get(kid)
         if key is not None:
             return key
         with self._lock:  # one refetch at a time; the others then see its result
             key = self._keys.get(kid)
-            now = time.monotonic()
-            if key is None and (self._fetched_at is None or now - self._fetched_at >= self.min_interval):
-                self._fetched_at = now
+            if key is None and self._may_fetch():
                 self._refresh()
                 key = self._keys.get(kid)
         if key is None and not self._keys:
             raise IssuerUnavailable("the token issuer's keys cannot be fetched")
         return key
+
+    def _current(self):
+        """The cached key set, refetched first once it is older than max_age.
+        Meanwhile the other threads go on with the cached set rather than wait."""
+        if self._stale() and self._lock.acquire(blocking=False):
+            try:
+                if self._stale() and self._may_fetch():
+                    self._refresh()
+            finally:
+                self._lock.release()
+        return self._keys
+
+    def _stale(self):
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at >= self.max_age
+
+    def _may_fetch(self):
+        """Whether the interval since the last fetch allows another (which the caller then makes)."""
+        now = time.monotonic()
+        if self._tried_at is not None and now - self._tried_at < self.min_interval:
+            return False
+        self._tried_at = now
+        return True
 
     def _refresh(self):
         try:
@@ -123,6 +148,7 @@ class JWKSKeys:
             log.warning("fetching the JWKS from %s failed: %s", self.url, exc)
             return
         self._keys = keys
+        self._fetched_at = time.monotonic()
 
 
 class LocalIssuer:
@@ -189,7 +215,8 @@ _DECODE_ERRORS = [  # most specific first: several are subclasses of others
 class Verifier:
     # A client sends the same token with every request until it expires, and an
     # RS256 verification is most of an authenticated request's cost: a verified
-    # token is remembered until its `exp`, while its key is still published.
+    # token is remembered until its `exp`, while its key is in the key set
+    # (which is refetched once it is older than JWKS_CACHE_TTL).
     CACHE_SIZE = 4096
 
     def __init__(self, keys, issuer, audience):
@@ -200,7 +227,7 @@ class Verifier:
 
     def cached(self, token):
         """The claims of a token verified before that still holds (its `exp` is
-        ahead, its key still published), or None. Costs no signature check."""
+        ahead, its key still in the key set), or None. Costs no signature check."""
         cached = self._verified.get(token)
         if cached is None:
             return None
@@ -326,6 +353,7 @@ def init_auth(app):
         jwks_url,
         timeout=float(app.config["JWKS_TIMEOUT"]),
         min_interval=float(app.config["JWKS_MIN_REFETCH_INTERVAL"]),
+        max_age=float(app.config["JWKS_CACHE_TTL"]),
     )
     app.extensions["auth"] = Verifier(keys, issuer, audience)
 

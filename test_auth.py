@@ -292,6 +292,72 @@ class JWKSCacheTest(ApiTestCase):
         self.assertEqual(list(keys._keys), ["good"])
 
 
+class KeySetExpiryTest(ApiTestCase):
+    """JWKS_CACHE_TTL: the cached key set is refetched once it is older, so a key
+    the issuer has withdrawn (a revoked one) stops being trusted, cached tokens
+    included; a key still published keeps working, at one fetch per TTL."""
+
+    config = {"JWKS_CACHE_TTL": 60}
+
+    def later(self, seconds):
+        return mock.patch("auth.time.monotonic", return_value=time.monotonic() + seconds)
+
+    def status(self, token):
+        return self.call("GET", "/actors", headers=self.headers(token=token)).status_code
+
+    def test_a_revoked_key_stops_verifying_once_the_set_is_older_than_the_ttl(self):
+        remembered = self.issuer.token(["get:actors"])
+        self.assertEqual(self.status(remembered), 200)  # verified, and remembered by the worker
+        new_key = rsa_key()
+        self.issuer.published = {"test-key-2": new_key}  # test-key-1 revoked, another in its place
+        rotated = self.issuer.token(["get:actors"], key=new_key, headers={"kid": "test-key-2"})
+        with self.later(59):
+            self.assertEqual(self.status(remembered), 200)  # within the TTL: the bound the README states
+        with self.later(61):
+            for token in (remembered, self.issuer.token(["get:actors"])):
+                error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
+                self.assertEqual(error["code"], "unknown_key")
+            self.assertEqual(self.status(rotated), 200)
+        self.assertEqual(self.issuer.fetches, 2)
+
+    def test_a_key_still_published_keeps_working_at_one_fetch_per_ttl(self):
+        remembered = self.issuer.token(["get:actors"])
+        for _ in range(5):
+            self.assertEqual(self.status(remembered), 200)
+            self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+        self.assertEqual(self.issuer.fetches, 1)
+        for age, fetches in ((59, 1), (61, 2), (122, 3)):
+            with self.subTest(age=age), self.later(age):
+                for _ in range(5):
+                    self.assertEqual(self.status(remembered), 200)
+                    self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+                self.assertEqual(self.issuer.fetches, fetches)
+
+    def test_a_failed_refetch_keeps_the_keys_and_is_retried_no_more_than_the_interval_allows(self):
+        remembered = self.issuer.token(["get:actors"])
+        self.assertEqual(self.status(remembered), 200)
+        self.issuer.failing = True
+        with self.later(61), self.assertLogs("auth", "WARNING"):
+            for _ in range(10):
+                self.assertEqual(self.status(remembered), 200)
+                self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+        self.assertEqual(self.issuer.fetches, 2)  # one failed refetch for the twenty requests
+        with self.later(61 + 31), self.assertLogs("auth", "WARNING"):
+            self.assertEqual(self.status(remembered), 200)
+        self.assertEqual(self.issuer.fetches, 3)  # retried once the refetch interval had passed
+        self.issuer.failing = False
+        self.issuer.published = {"test-key-2": rsa_key()}  # the issuer answers again, and has revoked the key
+        with self.later(61 + 62):
+            error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=remembered)), 401)
+        self.assertEqual(error["code"], "unknown_key")
+        self.assertEqual(self.issuer.fetches, 4)
+
+    def test_the_ttl_is_ten_minutes_unless_configured(self):
+        app = create_app(app_config())
+        self.addCleanup(dispose, app)
+        self.assertEqual(app.extensions["auth"].keys.max_age, 600)
+
+
 class VerifiedTokenCacheTest(ApiTestCase):
     def test_a_token_seen_again_is_not_verified_again(self):
         token = self.issuer.token(["get:actors"])
