@@ -38,6 +38,7 @@ ProxyFix), so a client cannot choose its own by sending that header.
 """
 
 import functools
+import ipaddress
 import re
 import time
 from urllib.parse import urlsplit
@@ -143,7 +144,19 @@ class OperationLimiter(Limiter):
 
 
 def client_address():
-    return request.remote_addr or "unknown"  # an empty key would make Flask-Limiter skip the limit
+    """The key of the client's address budget: an IPv4 address as it is, an
+    IPv6 one by its /64, since one client holds a whole /64 (RFC 6177) and
+    could otherwise take a fresh budget with each of its addresses."""
+    address = request.remote_addr or "unknown"  # an empty key would make Flask-Limiter skip the limit
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.7 is 192.0.2.7, by either path
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def subject_key():

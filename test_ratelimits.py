@@ -133,6 +133,23 @@ class AddressBudgetTest(LimitsTestCase):
                 self.assertIn("for a client address without a valid token", body["message"])
         self.assertError(self.request("GET", "/actors", address="10.0.0.2"), 401)  # another address has its own
 
+    def test_an_ipv6_client_has_one_budget_for_its_whole_64(self):
+        # One client holds 2001:db8:1:2::/64, and sends each forged token from another of its addresses.
+        addresses = [f"2001:db8:1:2::{i + 1:x}" for i in range(PER_ADDRESS + 3)] + ["2001:db8:1:2:ffff:ffff:ffff:ffff"]
+        for i, address in enumerate(addresses):
+            with self.subTest(address):
+                response = self.request("GET", "/actors", self.forged(), address=address)
+                if i < PER_ADDRESS:
+                    self.assertError(response, 401)
+                else:
+                    self.assertTooMany(response, PER_ADDRESS)
+        self.assertError(self.request("GET", "/actors", address="2001:db8:1:3::1"), 401)  # the next /64: another client
+
+    def test_an_ipv4_mapped_ipv6_address_shares_its_ipv4_address_budget(self):
+        self.spend_address("192.0.2.7")
+        self.assertTooMany(self.request("GET", "/actors", address="::ffff:192.0.2.7"), PER_ADDRESS)
+        self.assertError(self.request("GET", "/actors", address="::ffff:192.0.2.8"), 401)
+
     def test_no_signature_check_and_no_key_fetch_once_the_address_is_over_budget(self):
         self.issuer.token(ROLES["Executive Producer"])  # (warms nothing: the app fetches on first use)
         with mock.patch("auth.jwt.decode", wraps=jwt.decode) as decode:
