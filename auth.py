@@ -1,6 +1,8 @@
 """Bearer-token authentication and permission checks.
 
-Every protected endpoint is wrapped in `requires_auth(permission)`. A token is
+Every protected endpoint is wrapped in `requires_auth(permission)`, the one
+authentication step: the rate limits' address budget, the token, the limits'
+subject budget, then the permission (`authenticate`). A token is
 accepted only if it is an RS256 JWT whose `kid` names a key of the issuer's
 key set, whose signature verifies, whose `iss` and `aud` match the
 configuration, whose `exp` (required) and `nbf` (when present) hold, and whose
@@ -299,21 +301,44 @@ def bearer_token():
 
 
 def requires_auth(permission):
-    """Allow the view only to a valid token carrying `permission`."""
+    """Allow the view only to a valid token carrying `permission` (authenticate)."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            claims = current_app.extensions["auth"].verify(bearer_token())
-            permissions = claims.get("permissions")
-            if not isinstance(permissions, list) or permission not in permissions:
-                raise Forbidden(f"permission '{permission}' is required")
-            g.claims = claims  # the audit trail records who wrote: its `sub` (writes.py)
+            g.claims = authenticate(permission)  # the audit trail records who wrote: its `sub` (writes.py)
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def authenticate(permission):
+    """The one authentication step of a protected operation, in the SPEC's order
+    (Errors): the client address's budget (429), unless this worker has verified
+    the token before; the token, verified once (401; 503 without keys); its
+    subject's budget (429); the permission (403). Returns the token's claims.
+    The budgets are ratelimit.RateLimits, found in the app's extensions."""
+    verifier = current_app.extensions["auth"]
+    budgets = current_app.extensions["rate_limits"]
+    try:
+        claims = verifier.cached(bearer_token())
+    except AuthError:
+        claims = None
+    if claims is None:
+        # Before the signature check, so that a stream of forged tokens is refused without one.
+        budgets.check_address()
+        try:
+            claims = verifier.verify(bearer_token())
+        except (AuthError, IssuerUnavailable):
+            budgets.count_address()
+            raise
+    budgets.count_subject(claims["sub"])
+    permissions = claims.get("permissions")
+    if not isinstance(permissions, list) or permission not in permissions:
+        raise Forbidden(f"permission '{permission}' is required")
+    return claims
 
 
 # --- set-up -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from unittest import mock
 
 import jwt
 from limits import parse
+from limits.errors import StorageError
 from limits.strategies import FixedWindowRateLimiter
 from redis.connection import SSLConnection
 
@@ -19,7 +20,7 @@ from app import create_app
 from auth import ROLES
 from loopback import clean_environment, rsa_key, run_procfile
 from models import Actor
-from ratelimit import MemoryCounters, settings
+from ratelimit import Counters, MemoryCounters, settings
 from testing import ACTOR, ApiTestCase, app_config, dispose
 
 PER_SUBJECT = 3
@@ -272,6 +273,37 @@ class TwoProxiesTest(LimitsTestCase):
             self.assertError(self.request("GET", "/actors", address=f"10.1.1.{i}", headers=header), status)
 
 
+class FlakyStorage(MemoryCounters):
+    """A stand-in for Redis that fails as limits' storages do (StorageError)
+    while `failing` is set, and counts the calls it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = False
+        self.calls = 0
+
+    def answer(self):
+        self.calls += 1
+        if self.failing:
+            raise StorageError(ConnectionError("Redis went away"))
+
+    def incr(self, key, expiry, amount=1):
+        self.answer()
+        return super().incr(key, expiry, amount)
+
+    def get(self, key):
+        self.answer()
+        return super().get(key)
+
+    def get_expiry(self, key):
+        self.answer()
+        return super().get_expiry(key)
+
+    def check(self):
+        self.calls += 1
+        return not self.failing
+
+
 class RedisUnreachableTest(LimitsTestCase):
     def setUp(self):
         self.config = {**self.config, "REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}
@@ -279,9 +311,9 @@ class RedisUnreachableTest(LimitsTestCase):
 
     def test_requests_are_served_with_a_warning_and_limits_held_per_worker(self):
         token = self.token()
-        with self.assertLogs("flask-limiter", "WARNING") as logs:
+        with self.assertLogs("ratelimit", "WARNING") as logs:
             first = self.request("GET", "/actors", token)
-        self.assertIn("falling back to in-memory storage", "\n".join(logs.output))
+        self.assertIn("counting in this worker's memory meanwhile", "\n".join(logs.output))
         self.assertEqual(first.status_code, 200)
         self.assertLimited(first, PER_SUBJECT, PER_SUBJECT - 1)
         for _ in range(PER_SUBJECT - 1):
@@ -292,25 +324,63 @@ class RedisUnreachableTest(LimitsTestCase):
 
 class StorageFailsMidwayTest(LimitsTestCase):
     def test_a_count_that_fails_falls_back_to_memory_with_a_warning_and_no_error(self):
+        redis = FlakyStorage()
+        self.app.extensions["rate_limits"].counters = Counters(redis)
         token = self.token()
         self.assertLimited(self.request("GET", "/actors", token), PER_SUBJECT, PER_SUBJECT - 1)
-        limiter = self.app.extensions["rate_limits"].limiter
-        failing = mock.patch.object(limiter.storage, "incr", side_effect=ConnectionError("the storage went away"))
-        with failing, self.assertLogs("flask-limiter", "WARNING") as logs:
+        redis.failing = True
+        with self.assertLogs("ratelimit", "WARNING") as logs:
             response = self.request("GET", "/actors", token)  # the token is known: the subject's count fails
-            self.assertEqual(response.status_code, 200)
-            self.assertIn("falling back to in-memory storage", "\n".join(logs.output))
-            self.assertLimited(response, PER_SUBJECT, PER_SUBJECT - 1)  # counted afresh, in memory
-            for _ in range(PER_SUBJECT - 1):
-                self.assertEqual(self.request("GET", "/actors", token).status_code, 200)
-            self.assertTooMany(self.request("GET", "/actors", token), PER_SUBJECT)
+        self.assertEqual(response.status_code, 200)
+        self.assertIn("counting in this worker's memory meanwhile", "\n".join(logs.output))
+        self.assertLimited(response, PER_SUBJECT, PER_SUBJECT - 1)  # counted afresh, in memory
+        for _ in range(PER_SUBJECT - 1):
+            self.assertEqual(self.request("GET", "/actors", token).status_code, 200)
+        self.assertTooMany(self.request("GET", "/actors", token), PER_SUBJECT)
+        self.spend_address()
+
+
+class CountersTest(unittest.TestCase):
+    """Redis failing: the worker counts in memory, with one warning, tries Redis
+    again 1, 2, 4, ... 32 s apart, and shares the counters again once it answers."""
+
+    def test_a_failing_storage_is_tried_again_with_backoff_and_shared_again_when_it_answers(self):
+        redis = FlakyStorage()
+        counters = Counters(redis)
+        item = parse("100/hour")
+        now = [1000.0]
+        with mock.patch("ratelimit.time.monotonic", lambda: now[0]):
+            self.assertEqual(counters.hit(item, "k"), (True, mock.ANY))
+            redis.failing = True
+            with self.assertLogs("ratelimit", "WARNING") as logs:
+                within, stats = counters.hit(item, "k")
+            self.assertEqual(len(logs.output), 1)
+            self.assertEqual((within, stats.remaining), (True, 99))  # counted afresh, in memory
+            calls, failed_at = redis.calls, now[0]
+            for delay in (1, 2, 4, 8, 16, 32, 32):
+                with self.subTest(delay=delay), self.assertNoLogs("ratelimit", "WARNING"):
+                    now[0] = failed_at + delay - 0.01
+                    counters.hit(item, "k")
+                    counters.test(item, "k")
+                    self.assertEqual(redis.calls, calls)  # not yet
+                    now[0] = failed_at + delay
+                    counters.hit(item, "k")
+                    self.assertEqual(redis.calls, calls + 1)  # one check, which fails
+                    calls, failed_at = redis.calls, now[0]
+            redis.failing = False
+            now[0] += 32
+            with self.assertLogs("ratelimit", "INFO") as logs:
+                within, stats = counters.hit(item, "k")
+            self.assertIn("shared again", "\n".join(logs.output))
+            self.assertEqual((within, stats.remaining), (True, 98))  # Redis's count goes on
+            self.assertEqual(counters.test(item, "k"), (True, None))
 
 
 class RedisConnectionTest(unittest.TestCase):
     def storage_pool(self, url):
         app = create_app(app_config(REDIS_URL=url))
         self.addCleanup(dispose, app)
-        return app.extensions["rate_limits"].limiter.storage.storage.connection_pool
+        return app.extensions["rate_limits"].counters.shared.storage.get_connection().connection_pool
 
     def test_rediss_connects_as_heroku_documents_without_verifying_its_self_signed_certificate(self):
         pool = self.storage_pool("rediss://:secret@redis.example:6380")
@@ -335,16 +405,20 @@ class MemoryCountersTest(unittest.TestCase):
         now = [1_000_000.0]
         with mock.patch("time.time", lambda: now[0]):
             self.assertEqual([limiter.hit(two_a_minute, "a") for _ in range(3)], [True, True, False])
+            self.assertEqual(limiter.get_window_stats(two_a_minute, "a"), (now[0] + 60, 0))
             self.assertTrue(limiter.hit(two_a_minute, "b"))
             now[0] += 61  # both windows are over: a count drops every expired key
+            self.assertEqual(limiter.get_window_stats(two_a_minute, "a"), (now[0], 2))
             self.assertTrue(limiter.hit(two_a_minute, "c"))
-            self.assertEqual(set(counters.storage), {two_a_minute.key_for("c")})
+            self.assertEqual(set(counters.counters), {two_a_minute.key_for("c")})
             self.assertTrue(limiter.hit(two_a_minute, "a"))  # a's window opened again
 
     def test_the_app_counts_in_them_without_redis(self):
         app = create_app(app_config())
         try:
-            self.assertIsInstance(app.extensions["rate_limits"].limiter.storage, MemoryCounters)
+            counters = app.extensions["rate_limits"].counters
+            self.assertIsInstance(counters.memory.storage, MemoryCounters)
+            self.assertIsNone(counters.shared)
         finally:
             dispose(app)
 
