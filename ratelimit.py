@@ -56,9 +56,11 @@ from redis.retry import Retry
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from config import ConfigError
+
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"RATE_LIMIT": "600/minute", "RATE_LIMIT_ANONYMOUS": "60/minute", "TRUSTED_PROXY_HOPS": "0"}
+DEFAULTS = {"RATE_LIMIT": "600/minute", "RATE_LIMIT_ANONYMOUS": "60/minute"}
 BUDGET = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
 # Sent on limited responses; a browser app may read them when CORS is configured.
 HEADERS = ["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
@@ -71,18 +73,11 @@ UNREACHABLE = "rate-limit counters unreachable in Redis (%s): counting in this w
 RECOVERED = "rate-limit counters reachable in Redis again: shared again"
 
 
-def settings(env):
-    """The rate-limit settings from the environment (load_config's part)."""
-    config = {"REDIS_URL": env.get("REDIS_URL") or None}
-    config.update({name: env.get(name) or default for name, default in DEFAULTS.items()})
-    return config
-
-
 def budget(config, name):
     """A budget setting, checked: a malformed one stops the start with a clear error."""
     value = str(config.get(name) or DEFAULTS[name]).strip()
     if not BUDGET.fullmatch(value):
-        raise RuntimeError(f"{name} must be N/second, N/minute or N/hour, N from 1 to 999999999, not {value!r}")
+        raise ConfigError(f"{name} must be N/second, N/minute or N/hour, N from 1 to 999999999, not {value!r}")
     return value
 
 
@@ -93,7 +88,7 @@ def proxy_hops(config):
     except (TypeError, ValueError):
         hops = -1
     if hops < 0 or isinstance(value, float):
-        raise RuntimeError(f"TRUSTED_PROXY_HOPS must be a whole number of proxies, 0 or more, not {value!r}")
+        raise ConfigError(f"TRUSTED_PROXY_HOPS must be a whole number of proxies, 0 or more, not {value!r}")
     return hops
 
 
@@ -102,7 +97,7 @@ def redis_storage(url):
     raise limits' StorageError."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise RuntimeError("REDIS_URL must be a redis:// or rediss:// URL with a host")
+        raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL with a host")
     options = {  # redis-py's, passed on by limits
         "socket_connect_timeout": REDIS_TIMEOUT,
         "socket_timeout": REDIS_TIMEOUT,

@@ -352,11 +352,6 @@ class KeySetExpiryTest(ApiTestCase):
         self.assertEqual(error["code"], "unknown_key")
         self.assertEqual(self.issuer.fetches, 4)
 
-    def test_the_ttl_is_ten_minutes_unless_configured(self):
-        app = create_app(app_config())
-        self.addCleanup(dispose, app)
-        self.assertEqual(app.extensions["auth"].keys.max_age, 600)
-
 
 class VerifiedTokenCacheTest(ApiTestCase):
     def test_a_token_seen_again_is_not_verified_again(self):
