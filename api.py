@@ -34,7 +34,6 @@ import schemas
 from auth import requires_auth
 from errors import MESSAGES
 from models import MAX_ID
-from ratelimit import rate_limited
 
 
 def init_api(app):
@@ -206,7 +205,7 @@ def error_example(status, **fields):
 
 
 def protected(blp, permission):
-    """requires_auth(permission) after the rate limits, and the same facts in the
+    """requires_auth(permission) (with the rate limits), and the same facts in the
     OpenAPI description: the bearer scheme, the permission (in `x-permission`
     and in words) and the 401, 403, 429 and 503 (no keys from the issuer) answers."""
 
@@ -218,7 +217,7 @@ def protected(blp, permission):
         )(view)
         forbidden = error_example(403, message=f"permission '{permission}' is required")
         documented = documented_errors(blp, 401, 403, 429, 503, examples={403: forbidden})(documented)
-        return rate_limited(requires_auth(permission)(documented))
+        return requires_auth(permission)(documented)
 
     return decorator
 

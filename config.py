@@ -63,6 +63,7 @@ def load_config(app, test_config):
         "JWKS_URL": env.get("JWKS_URL"),
         "JWKS_TIMEOUT": float(env.get("JWKS_TIMEOUT", 5)),
         "JWKS_MIN_REFETCH_INTERVAL": float(env.get("JWKS_MIN_REFETCH_INTERVAL", 30)),
+        "JWKS_CACHE_TTL": float(env.get("JWKS_CACHE_TTL", 600)),  # seconds before the key set is refetched
         "SECRET_KEY": env.get("SECRET_KEY"),  # signs list cursors: see secret_key()
         "REQUIRE_ISSUER": production,  # a production start refuses the local issuer (auth.py)
         # Rate limits (ratelimit.py checks the budgets' form).

@@ -60,6 +60,21 @@ def verifier(app):
     return auth.issuer, auth.keys.url, auth.audience
 
 
+def key_set(app):
+    keys = app.extensions["auth"].keys
+    return keys.timeout, keys.min_interval, keys.max_age
+
+
+def rate_limits(app):
+    """The two budgets (amount/multiples/granularity), and whether the counters are shared (Redis)."""
+    limits = app.extensions["rate_limits"]
+    budgets = [
+        f"{b.item.amount}/{b.item.multiples}/{b.item.GRANULARITY.name}"
+        for b in (limits.per_subject, limits.per_address)
+    ]
+    return (*budgets, limits.counters.shared is not None)
+
+
 # Every configuration variable, from the environment to its effect in the app:
 # (environment, what to read from the app, what it must be).
 CONFIGURATION_CASES = [
@@ -89,15 +104,18 @@ CONFIGURATION_CASES = [
         ("https://issuer.example/", "https://keys.example/jwks", "api"),
     ),
     (
-        {**AN_ISSUER, "JWKS_TIMEOUT": "2.5", "JWKS_MIN_REFETCH_INTERVAL": "7"},
-        lambda app: (app.extensions["auth"].keys.timeout, app.extensions["auth"].keys.min_interval),
-        (2.5, 7.0),
+        {**AN_ISSUER, "JWKS_TIMEOUT": "2.5", "JWKS_MIN_REFETCH_INTERVAL": "7", "JWKS_CACHE_TTL": "90"},
+        key_set,
+        (2.5, 7.0, 90.0),
     ),
+    (AN_ISSUER, key_set, (5.0, 30.0, 600.0)),
     (
-        AN_ISSUER,
-        lambda app: (app.extensions["auth"].keys.timeout, app.extensions["auth"].keys.min_interval),
-        (5.0, 30.0),
+        {**AN_ISSUER, "RATE_LIMIT": "5/second", "RATE_LIMIT_ANONYMOUS": "7/hour", "REDIS_URL": "redis://r.example:1"},
+        rate_limits,
+        ("5/1/second", "7/1/hour", True),
     ),
+    (AN_ISSUER, rate_limits, ("600/1/minute", "60/1/minute", False)),
+    ({**AN_ISSUER, "TRUSTED_PROXY_HOPS": "1"}, lambda app: type(app.wsgi_app).__name__, "ProxyFix"),
     ({**AN_ISSUER, "REQUIRE_ISSUER": "1"}, lambda app: type(app.extensions["auth"].keys).__name__, "JWKSKeys"),
 ]
 
