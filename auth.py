@@ -149,6 +149,12 @@ class LocalIssuer:
         }
         return jwt.encode(claims, self._private_key, algorithm="RS256", headers={"kid": self.kid})
 
+    def role_token(self, role, lifetime):
+        """A token for a role (a key of ROLES): its permissions, and one subject
+        per role (`local|casting-director`), so that a role has one audit
+        subject and one rate-limit budget, however its name was spelt."""
+        return self.mint(ROLES[role], lifetime, subject="local|" + role.lower().replace(" ", "-"))
+
 
 def _load_or_create_key(path):
     def new_key():
@@ -331,13 +337,18 @@ def _loaded_for_a_command():
     return context is not None and isinstance(context.command, click.Group)
 
 
-def role_permissions(name):
-    """The permissions of a role named in any case, with spaces or hyphens."""
-    wanted = name.replace("-", " ").replace("_", " ").split()
-    for role, permissions in ROLES.items():
-        if role.lower().split() == [word.lower() for word in wanted]:
-            return permissions
+def role_named(name):
+    """The role (a key of ROLES) that `name` spells, in any case, with spaces,
+    hyphens or underscores."""
+    wanted = [word.lower() for word in name.replace("-", " ").replace("_", " ").split()]
+    for role in ROLES:
+        if role.lower().split() == wanted:
+            return role
     raise click.BadParameter(f"unknown role {name!r}; choose one of: " + ", ".join(ROLES))
+
+
+def role_permissions(name):
+    return ROLES[role_named(name)]
 
 
 @click.command("token")
@@ -346,8 +357,8 @@ def role_permissions(name):
 @click.option("--lifetime", default=86400, show_default=True, type=click.IntRange(min=1), help="Seconds it is valid.")
 def token_command(role, lifetime):
     """Print a local issuer's token for ROLE (e.g. casting-director)."""
-    permissions = role_permissions(role)
+    role = role_named(role)
     keys = current_app.extensions["auth"].keys
     if not isinstance(keys, LocalIssuer):
         raise click.ClickException("tokens come from the configured issuer (Auth0), not from this app")
-    click.echo(keys.mint(permissions, lifetime, subject=f"local|{role.lower()}"))
+    click.echo(keys.role_token(role, lifetime))

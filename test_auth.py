@@ -364,6 +364,23 @@ class LocalIssuerTest(ApiTestCase):
         self.assertEqual(result.exit_code, 2)
         self.assertIn("unknown role", result.output)
 
+    def test_one_subject_per_role_however_it_is_spelt(self):
+        app = self.make_app()
+        subjects = {
+            "Casting Assistant": "local|casting-assistant",
+            "Casting Director": "local|casting-director",
+            "Executive Producer": "local|executive-producer",
+        }
+        for role, subject in subjects.items():
+            hyphens = role.lower().replace(" ", "-")
+            for spelling in (role, hyphens, role.upper(), hyphens.replace("-", "_"), f" {role.lower()}  "):
+                with self.subTest(spelling):
+                    result = self.token(app, spelling)
+                    self.assertEqual(result.exit_code, 0, result.output)
+                    claims = jwt.decode(result.output.strip(), options={"verify_signature": False})
+                    self.assertEqual(claims["sub"], subject)
+                    self.assertEqual(claims["permissions"], ROLES[role])
+
     def test_lifetime_option(self):
         app = self.make_app()
         token = self.token(app, "casting-assistant", "--lifetime", "60").output.strip()
