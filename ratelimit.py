@@ -176,8 +176,9 @@ class RateLimits:
         hops = proxy_hops(config)
         uri, options = storage(config.get("REDIS_URL"))
         if hops:
-            # Only X-Forwarded-For: the app builds no absolute URL, so nothing else need be trusted.
-            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0)
+            # X-Forwarded-For, and X-Forwarded-Proto for the absolute URLs of signing
+            # in (https behind Heroku's router); never X-Forwarded-Host.
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
         # Registered before the Limiter, so that it runs after the Limiter's own
         # after_request, which sends Retry-After with every limited response.
         app.after_request(_retry_after_only_on_429)
