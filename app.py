@@ -63,11 +63,17 @@ def create_app(test_config=None):
 
 
 def init_cors(app):
-    """Cross-origin browsers, for the origins CORS_ORIGINS lists (none by default)."""
+    """Cross-origin browsers, for the origins CORS_ORIGINS lists (none by
+    default): a front-end there can do what curl does, conditional requests
+    included (If-Match, If-None-Match, and the ETag they name)."""
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
     if origins:
-        exposed = ["Location", *RATE_LIMIT_HEADERS]
-        CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=exposed)
+        CORS(app, origins=origins, allow_headers=CORS_REQUEST_HEADERS, expose_headers=CORS_EXPOSED_HEADERS)
+
+
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match"]
+# A browser lets a page read only the CORS-safelisted response headers and these.
+CORS_EXPOSED_HEADERS = ["ETag", "Link", "Location", "X-Request-ID", *RATE_LIMIT_HEADERS]
 
 
 class CastingFlask(Flask):
