@@ -227,10 +227,8 @@ def sign_in(app):
     known without asking it (OpenID discovery, a network call at start)."""
     verifier = app.extensions["auth"]
     if isinstance(verifier.keys, LocalIssuer):
-        issuer = "this server (the local issuer)"
-        return SignIn(
-            issuer, local_signin.AUTHORIZE_URL, local_signin.TOKEN_URL, local_signin.CLIENT_ID, verifier.audience
-        )
+        urls = (local_signin.AUTHORIZE_URL, local_signin.TOKEN_URL)
+        return SignIn("this server (the local issuer)", *urls, local_signin.CLIENT_ID, verifier.audience)
     domain, client_id = app.config.get("AUTH0_DOMAIN"), app.config.get("AUTH0_CLIENT_ID")
     if domain and client_id:
         base = f"https://{domain}"
@@ -304,11 +302,9 @@ def getting_a_token(app, signin):
             "when no issuer is configured: the local issuer.)"
         )
     else:
-        domain = app.config.get("AUTH0_DOMAIN")
-        source = f"Auth0 ({domain})" if domain else f"the issuer `{verifier.issuer}`"
         how = (
-            f"Tokens come from {source} for the audience `{verifier.audience}`: get an access token there "
-            "(on Auth0, an application's login with that `audience`, or the API's *Test* tab) and paste it "
+            f"Tokens come from {issuer_in_words(app)} for the audience `{verifier.audience}`: get an access "
+            "token there (on Auth0, an application's login with that `audience`, or the API's *Test* tab) and paste it "
             "under `bearerAuth`. Signing in from this page needs an Auth0 tenant and a Single Page "
             "Application (`AUTH0_DOMAIN` and `AUTH0_CLIENT_ID`). (`flask token ROLE` gives tokens only "
             "when no issuer is configured: the local issuer.)"
@@ -321,7 +317,13 @@ def bearer_description(app, signin):
     if isinstance(verifier.keys, LocalIssuer):
         return "A token of this server's local issuer: `flask token ROLE` prints one, or sign in under `oauth2`."
     where = "; signing in under `oauth2` gets one" if signin else ""
-    return f"An access token for the audience `{verifier.audience}` (from Auth0, not `flask token ROLE`){where}."
+    source = issuer_in_words(app)
+    return f"An access token of {source} for the audience `{verifier.audience}` (not `flask token ROLE`){where}."
+
+
+def issuer_in_words(app):
+    domain = app.config.get("AUTH0_DOMAIN")
+    return f"Auth0 ({domain})" if domain else f"the issuer `{app.extensions['auth'].issuer}`"
 
 
 def docs_blueprint(app, signin):
