@@ -59,14 +59,29 @@ const ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", onComplete: () 
 </script></body></html>"""
 
 
+def chromium_or_skip():
+    """Debian's Chromium, or the test is skipped (failed in CI: REQUIRE_BROWSER)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        return chromium
+    if os.environ.get("REQUIRE_BROWSER"):
+        raise AssertionError("Chromium is not installed (apt-get install chromium)")
+    raise unittest.SkipTest("Chromium is not installed; .ci/run installs it")
+
+
+def serve(test, app):
+    """`app` on a free port of 127.0.0.1 until the test ends; its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    test.addCleanup(server.server_close)
+    test.addCleanup(server.shutdown)
+    return f"http://127.0.0.1:{server.server_port}"
+
+
 class DocsInBrowserTest(ApiTestCase):
     def setUp(self):
         super().setUp()
-        self.chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        if not self.chromium:
-            if os.environ.get("REQUIRE_BROWSER"):
-                self.fail("Chromium is not installed (apt-get install chromium)")
-            self.skipTest("Chromium is not installed; .ci/run installs it")
+        self.chromium = chromium_or_skip()
 
         def app_and_page(environ, start_response):
             if environ["PATH_INFO"] == "/try-it-out.html":
@@ -74,11 +89,7 @@ class DocsInBrowserTest(ApiTestCase):
                 return [TRY_IT_OUT]
             return self.app(environ, start_response)
 
-        self.server = make_server("127.0.0.1", 0, app_and_page, threaded=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.addCleanup(self.server.server_close)
-        self.addCleanup(self.server.shutdown)
-        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        self.base = serve(self, app_and_page)
 
     def browse(self, *arguments, page="/docs/"):
         with tempfile.TemporaryDirectory() as profile:
@@ -139,25 +150,6 @@ class DocsInBrowserTest(ApiTestCase):
             with self.subTest(operation, body=body):
                 response = self.call(method, re.sub(r"{(\w+)}", lambda match: str(ids[match[1]]), path), json=body)
                 self.assertLess(response.status_code, 300, response.get_json())
-
-
-def chromium_or_skip():
-    """Debian's Chromium, or the test is skipped (failed in CI: REQUIRE_BROWSER)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium:
-        return chromium
-    if os.environ.get("REQUIRE_BROWSER"):
-        raise AssertionError("Chromium is not installed (apt-get install chromium)")
-    raise unittest.SkipTest("Chromium is not installed; .ci/run installs it")
-
-
-def serve(test, app):
-    """`app` on a free port of 127.0.0.1 until the test ends; its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    test.addCleanup(server.server_close)
-    test.addCleanup(server.shutdown)
-    return f"http://127.0.0.1:{server.server_port}"
 
 
 class BrowserTestCase(ApiTestCase):
@@ -224,14 +216,16 @@ class SwaggerUI:
         operation = self.page.locator(f".opblock-{method.lower()}").filter(
             has=self.page.locator(f'[data-path="{path}"]')
         )
-        if not operation.locator(".opblock-body").count():
+        if "is-open" not in operation.get_attribute("class"):
             operation.locator(".opblock-summary").first.click()
-        try_it = operation.get_by_role("button", name="Try it out")
-        if try_it.count():
-            try_it.click()
+        toggle = operation.locator(".try-out__btn")  # "Try it out", then "Cancel"
+        expect(toggle).to_be_visible()
+        if toggle.inner_text().strip() == "Try it out":
+            toggle.click()
         clear = operation.get_by_role("button", name="Clear")
-        if clear.count():
-            clear.click()  # the answer shown is then this request's
+        if clear.count():  # the answer shown is then this request's
+            clear.click()
+            expect(clear).to_have_count(0)
         operation.get_by_role("button", name="Execute").click()
         answer = operation.locator(".live-responses-table .response").first
         status = answer.locator(".response-col_status").inner_text()
