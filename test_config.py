@@ -1,7 +1,9 @@
 """config.py: every setting from the environment (and .env) to its effect in the app, and the
 settings that stop a start."""
 
+import json
 import os
+import re
 import tempfile
 import unittest
 from unittest import mock
@@ -55,6 +57,16 @@ def cors(app):
     ]
 
 
+def sign_in(app):
+    """The client id /docs signs in with, and where (None: bearer tokens only)."""
+    schemes = app.test_client().get("/openapi.json").get_json()["components"]["securitySchemes"]
+    if "oauth2" not in schemes:
+        return None
+    docs = app.test_client().get("/docs/").get_data(as_text=True)
+    client_id = json.loads(re.search(r"var oauth_user_config = (\{.*?\});", docs, re.S)[1])["clientId"]
+    return client_id, schemes["oauth2"]["flows"]["authorizationCode"]["authorizationUrl"]
+
+
 def verifier(app):
     auth = app.extensions["auth"]
     return auth.issuer, auth.keys.url, auth.audience
@@ -99,6 +111,8 @@ CONFIGURATION_CASES = [
         (5.0, 30.0),
     ),
     ({**AN_ISSUER, "REQUIRE_ISSUER": "1"}, lambda app: type(app.extensions["auth"].keys).__name__, "JWKSKeys"),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": "spa-client"}, sign_in, ("spa-client", "https://tenant.eu.auth0.com/authorize")),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": ""}, sign_in, None),
 ]
 
 
