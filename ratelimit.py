@@ -289,8 +289,9 @@ class RateLimits:
         url = config.get("REDIS_URL")
         self.counters = Counters(redis_storage(url) if url else None)
         if hops:
-            # Only X-Forwarded-For: the app builds no absolute URL, so nothing else need be trusted.
-            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0)
+            # X-Forwarded-For, and X-Forwarded-Proto for the absolute URLs of signing
+            # in (https behind Heroku's router); never X-Forwarded-Host.
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
         if not url and config.get("REQUIRE_ISSUER"):
             app.logger.warning("REDIS_URL is not set: each worker keeps its own rate-limit counters")
         app.after_request(limit_headers)

@@ -1,7 +1,9 @@
 """config.py: every setting from the environment (and .env) to its effect in the app, and the
 settings that stop a start."""
 
+import json
 import os
+import re
 import tempfile
 import unittest
 from unittest import mock
@@ -53,6 +55,16 @@ def cors(app):
         .headers.get("Access-Control-Allow-Origin")
         for origin in ("https://a.example", "https://b.example", "https://c.example")
     ]
+
+
+def sign_in(app):
+    """The client id /docs signs in with, and where (None: bearer tokens only)."""
+    schemes = app.test_client().get("/openapi.json").get_json()["components"]["securitySchemes"]
+    if "oauth2" not in schemes:
+        return None
+    docs = app.test_client().get("/docs/").get_data(as_text=True)
+    client_id = json.loads(re.search(r"var oauth_user_config = (\{.*?\});", docs, re.S)[1])["clientId"]
+    return client_id, schemes["oauth2"]["flows"]["authorizationCode"]["authorizationUrl"]
 
 
 def verifier(app):
@@ -117,6 +129,8 @@ CONFIGURATION_CASES = [
     (AN_ISSUER, rate_limits, ("600/1/minute", "60/1/minute", False)),
     ({**AN_ISSUER, "TRUSTED_PROXY_HOPS": "1"}, lambda app: type(app.wsgi_app).__name__, "ProxyFix"),
     ({**AN_ISSUER, "REQUIRE_ISSUER": "1"}, lambda app: type(app.extensions["auth"].keys).__name__, "JWKSKeys"),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": "spa-client"}, sign_in, ("spa-client", "https://tenant.eu.auth0.com/authorize")),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": ""}, sign_in, None),
 ]
 
 
