@@ -43,6 +43,7 @@ from loopback import (
     Postgres,
     call,
     clean_environment,
+    concurrently,
     free_port,
     needs_postgres,
     rsa_key,
@@ -56,18 +57,6 @@ PRODUCER = "Executive Producer"
 def tag():
     """A unique word, so that tests sharing a database find their own rows."""
     return "t" + uuid.uuid4().hex[:10]
-
-
-def concurrently(calls, workers=24, timeout=60):
-    """Run the zero-argument callables on a pool of threads; their results in order."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(c) for c in calls]
-        _done, pending = concurrent.futures.wait(futures, timeout=timeout)
-        for future in pending:
-            future.cancel()
-        if pending:
-            raise AssertionError(f"{len(pending)} of {len(futures)} requests did not finish in {timeout} s")
-        return [future.result() for future in futures]
 
 
 # --- the production stack -------------------------------------------------------
