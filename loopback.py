@@ -422,11 +422,20 @@ class PgBouncer:
                     pid = int(file.read())
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    os.kill(pid, 0)  # OSError once it is gone
+                while _running(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
             self.running = False
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _running(pid):
+    """Whether a process runs: not gone, and not a zombie that its parent (a
+    daemon's is init) has yet to reap."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # --- the app as deployed ------------------------------------------------------------
