@@ -658,7 +658,8 @@ class PoolCapTest(unittest.TestCase):
         self.addCleanup(pg.close)
         pg.copy_of(_template)
         pg.start()
-        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2))
+        # No lock timeout: the requests wait for the lock below for as long as it is held.
+        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2, DB_LOCK_TIMEOUT=0))
         self.addCleanup(testing.dispose, app)
         headers = {"Authorization": f"Bearer {testing.ISSUER_ON_LOOPBACK.role_token(PRODUCER)}"}
 
