@@ -111,8 +111,7 @@ class RequestSettings:
             pooled = cursor.fetchone()[0] != dbapi_connection.get_backend_pid()
             if self.session and not pooled:
                 cursor.execute(self.session)
-        if not dbapi_connection.autocommit:
-            dbapi_connection.commit()  # a SET in a transaction ends with it
+        dbapi_connection.commit()  # nothing to do in autocommit mode; else a SET in a transaction ends with it
         connection_record.info[SETTINGS] = self.each_statement if pooled else ""
 
 

@@ -175,6 +175,30 @@ class PreparedStatementRecoveryTest(ApiTestCase):
         for _ in range(2):
             self.assertEqual(self.read(), self.answers)
 
+    def test_a_server_connection_that_never_keeps_it_gets_the_select_as_text(self):
+        """Through a busy pooler each attempt may land on another server
+        connection; after a few misses in a row the select goes as text."""
+        actor = self.paths[0].rsplit("/", 1)[1]
+        with self.app.app_context(), database.connect() as connection, connection.connection.cursor() as cursor:
+            with self.assertRaises(psycopg2.Error) as missing:
+                cursor.execute("EXECUTE casting_missing")  # a real "does not exist" of the server's
+            sent = []
+
+            class Pooled:
+                """The connection's cursor, on which every prepared statement is missing."""
+
+                def execute(self, sql, arguments):
+                    sent.append(sql)
+                    if "EXECUTE casting_" in sql:
+                        raise missing.exception
+                    cursor.execute(sql, arguments)
+
+            statement = database.by_id(Actor.__table__)
+            compiled = statement.compile(dialect=connection.dialect)
+            database._execute_prepared({}, Pooled(), compiled, {"id": int(actor)})
+            self.assertEqual(cursor.fetchall()[0][:2], (int(actor), ACTOR["name"]))
+        self.assertEqual([sql.split()[0] for sql in sent], ["PREPARE"] * 4 + ["SELECT"])
+
     def restore_gender(self):
         with self.app.app_context(), db.engine.begin() as connection:
             connection.execute(text("ALTER TABLE actors ALTER COLUMN gender TYPE varchar(50)"))
@@ -188,6 +212,14 @@ class RequestSettingsTest(ApiTestCase):
             for value in ("soon", "-1", "nan", None):
                 with self.subTest(name, value=value), self.assertRaisesRegex(RuntimeError, name):
                     create_app(app_config(**{name: value}))
+
+    def test_the_settings_an_operators_options_name(self):
+        self.assertEqual(
+            database.named_in_options("-c search_path=x,y  --lock-timeout=5 -cwork_mem=1MB"),
+            {"search_path", "lock_timeout", "work_mem"},
+        )
+        self.assertEqual(database.named_in_options(("-c a=1", "-c b=2")), {"b"})  # given twice: the last
+        self.assertEqual(database.named_in_options(""), set())
 
     def test_the_requests_connections_keep_the_operators_options(self):
         if self.app.extensions["statements"].dialect.name != "postgresql":
