@@ -6,6 +6,11 @@ itself, so there is no BEGIN or ROLLBACK round trip around it. The ORM session
 and its transactions (db.engine) serve the command line, the migrations and
 the tests. The README's benchmark section says what this bought. Lists, which
 build their statements from a request's filters and sort, are in lists.py.
+
+The requests' connections may go to PostgreSQL directly or through a pooler in
+transaction mode (PgBouncer), with no setting to say which: what a statement
+runs under travels with it there (RequestSettings), and a prepared select's
+name is its SQL's (`prepared`). See the README's "Behind a connection pooler".
 """
 
 import functools
