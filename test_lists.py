@@ -1,22 +1,27 @@
 """Lists at scale (SPEC: "Lists at scale"): filters, sorting, cursors, the page
 window and bounded totals, on every list: both collections and both cast
-lists. Expected orders and matches are computed here, in Python, from the
-rows the test wrote."""
+lists; searches ignoring case and accents, and their cost. Expected orders and
+matches are computed here, in Python, from the rows the test wrote, with
+models.fold (which the database's own fold must match: FoldTest)."""
 
 import base64
+import contextlib
 import datetime
 import io
 import json
 import random
-from urllib.parse import parse_qs, urlsplit
+import unicodedata
+from unittest import mock
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from sqlalchemy import delete, event, insert
+from sqlalchemy import delete, event, insert, text
 
-from models import Actor, Casting, Movie, db
+from models import Actor, Casting, Movie, db, fold
+from search import Shares
 from testing import ApiTestCase
 
-# Names that differ only in case, ages and genders with ties, so that sorting
-# must ignore case and break ties by id.
+# Names that differ only in case or accents, ages and genders with ties, so
+# that sorting must ignore case and accents and break ties by id.
 ACTORS = [
     ("alice", 30, "Female"),
     ("Bob", 25, "Male"),
@@ -30,6 +35,10 @@ ACTORS = [
     ("bob", 30, "Male"),
     ("Zed Zeta", 150, "Female"),
     ("zed zeta", 0, "Male"),
+    ("Zoë", 33, "Female"),
+    ("Émilie", 28, "Féminine"),
+    ("Elliot", 45, "Male"),
+    ("Emilie", 52, "female"),
 ]
 MOVIES = [
     ("the long rehearsal", datetime.date(2019, 3, 8)),
@@ -39,6 +48,8 @@ MOVIES = [
     ("THE LAST MATINEE", datetime.date(2026, 4, 17)),
     ("harbour lights", datetime.date(1999, 12, 31)),
     ("Zero Hour", datetime.date(2021, 10, 16)),
+    ("Amélie", datetime.date(2001, 4, 25)),
+    ("Der Himmel über Berlin", datetime.date(1987, 10, 29)),
 ]
 
 ACTOR_SORTS = ["id", "-id", "name", "-name", "age", "-age"]
@@ -47,8 +58,9 @@ MOVIE_SORTS = ["id", "-id", "title", "-title", "release_date", "-release_date"]
 MOVIE_SORTS += ["release_date,title", "title,-release_date", "-release_date,-id", "-title,release_date"]
 
 ACTOR_FILTERS = [  # (query, which actors it keeps)
-    ("gender=female", lambda a: a["gender"].lower() == "female"),
-    ("gender=MALE", lambda a: a["gender"].lower() == "male"),
+    ("gender=female", lambda a: fold(a["gender"]) == "female"),
+    ("gender=MALE", lambda a: fold(a["gender"]) == "male"),
+    ("gender=FEMININE", lambda a: fold(a["gender"]) == "feminine"),
     ("gender=unknown", lambda a: False),
     ("age_min=30", lambda a: a["age"] >= 30),
     ("age_max=29", lambda a: a["age"] <= 29),
@@ -56,8 +68,11 @@ ACTOR_FILTERS = [  # (query, which actors it keeps)
     ("age_min=0&age_max=0", lambda a: a["age"] == 0),
     ("age_min=150", lambda a: a["age"] == 150),
     ("age_min=36&age_max=35", lambda a: False),  # a range that holds nothing
-    ("gender=female&age_min=25&age_max=35", lambda a: a["gender"].lower() == "female" and 25 <= a["age"] <= 35),
-    ("q=ALI&gender=female", lambda a: "ali" in a["name"].lower() and a["gender"].lower() == "female"),
+    ("gender=female&age_min=25&age_max=35", lambda a: fold(a["gender"]) == "female" and 25 <= a["age"] <= 35),
+    ("q=ALI&gender=female", lambda a: "ali" in fold(a["name"]) and fold(a["gender"]) == "female"),
+    ("q=zoe", lambda a: "zoe" in fold(a["name"])),
+    (f"q={quote('ÉMILIE')}", lambda a: "emilie" in fold(a["name"])),
+    (f"q={quote('émilie')}&gender=f%C3%A9minine", lambda a: "emilie" in fold(a["name"]) and a["age"] == 28),
 ]
 MOVIE_FILTERS = [
     ("released_from=2021-10-15", lambda m: m["release_date"] >= "2021-10-15"),
@@ -65,15 +80,18 @@ MOVIE_FILTERS = [
     ("released_from=2021-10-15&released_to=2021-10-15", lambda m: m["release_date"] == "2021-10-15"),
     ("released_from=2030-01-01", lambda m: False),
     ("released_from=2022-01-01&released_to=2021-01-01", lambda m: False),
-    ("q=harbour&released_from=2000-01-01", lambda m: "harbour" in m["title"].lower() and m["release_date"] >= "2000"),
+    ("q=harbour&released_from=2000-01-01", lambda m: "harbour" in fold(m["title"]) and m["release_date"] >= "2000"),
+    ("q=AMELIE", lambda m: "amelie" in fold(m["title"])),
+    (f"q={quote('ÜBER')}", lambda m: "uber" in fold(m["title"])),
 ]
 
-SORT_KEYS = {"name": lambda item: item["name"].lower(), "title": lambda item: item["title"].lower()}
+SORT_KEYS = {"name": lambda item: fold(item["name"]), "title": lambda item: fold(item["title"])}
 
 
 def expected_order(items, sort):
     """`items` in the order of a ?sort=: each key in its direction, text
-    ignoring case, ties by id ascending unless the keys say -id."""
+    folded (ignoring case and accents, in code point order), ties by id
+    ascending unless the keys say -id."""
     keys = sort.split(",")
     if not any(key.lstrip("-") == "id" for key in keys):
         keys.append("id")
@@ -155,12 +173,19 @@ class FilterAndSortTest(ListTestCase):
                     expected = [item["id"] for item in expected_order(items, sort)]
                     self.assertEqual(self.ids(f"{path}?sort={sort}&per_page=100", key), expected)
 
+    def test_accented_names_sort_among_the_others(self):
+        names = [a["name"] for a in self.get("/actors?sort=name&per_page=100").get_json()["actors"]]
+        self.assertEqual(names[names.index("Elliot") : names.index("eve") + 1], ["Elliot", "Émilie", "Emilie", "eve"])
+        self.assertEqual(names[-3:], ["Zed Zeta", "zed zeta", "Zoë"])
+        titles = [m["title"] for m in self.get("/movies?sort=title&per_page=100").get_json()["movies"]]
+        self.assertEqual(titles[:2], ["a quiet frontier", "Amélie"])
+
     def test_filters_search_and_sort_combine(self):
         path = "/actors?gender=female&age_min=25&age_max=35&sort=-age"
-        female = [a for a in self.actors if a["gender"].lower() == "female" and 25 <= a["age"] <= 35]
+        female = [a for a in self.actors if fold(a["gender"]) == "female" and 25 <= a["age"] <= 35]
         self.assertEqual(self.ids(path, "actors"), [a["id"] for a in expected_order(female, "-age")])
         path = "/movies?q=HARBOUR&sort=-release_date"
-        harbours = [m for m in self.movies if "harbour" in m["title"].lower()]
+        harbours = [m for m in self.movies if "harbour" in fold(m["title"])]
         self.assertEqual(self.ids(path, "movies"), [m["id"] for m in expected_order(harbours, "-release_date")])
 
     def test_malformed_filters_and_sorts_are_400_naming_the_parameter(self):
@@ -211,15 +236,18 @@ class CursorTest(ListTestCase):
 
     def test_a_walk_with_filters_and_search_keeps_them(self):
         seen, _ = self.walk("/actors?gender=female&sort=-age&per_page=2", "actors")
-        female = [a for a in self.actors if a["gender"].lower() == "female"]
+        female = [a for a in self.actors if fold(a["gender"]) == "female"]
         self.assertEqual(seen, [a["id"] for a in expected_order(female, "-age")])
         seen, _ = self.walk("/movies?q=harbour&released_to=2025-01-01&per_page=1", "movies")
-        self.assertEqual(seen, [m["id"] for m in self.movies if "harbour" in m["title"].lower()])
+        self.assertEqual(seen, [m["id"] for m in self.movies if "harbour" in fold(m["title"])])
+        seen, _ = self.walk(f"/actors?q={quote('ÉMILIE')}&sort=-name&per_page=1", "actors")
+        emilies = [a for a in self.actors if "emilie" in fold(a["name"])]
+        self.assertEqual(seen, [a["id"] for a in expected_order(emilies, "-name")])
 
     def test_a_cursor_page_says_page_null_and_keeps_the_whole_lists_total(self):
         first = self.get("/actors?per_page=5&gender=female").get_json()
         body = self.get(f"/actors?cursor={first['next_cursor']}").get_json()
-        female = [a["id"] for a in self.actors if a["gender"].lower() == "female"]
+        female = [a["id"] for a in self.actors if fold(a["gender"]) == "female"]
         self.assertEqual((body["page"], body["per_page"], body["total_actors"]), (None, 20, len(female)))
         self.assertEqual([a["id"] for a in body["actors"]], female[5:])  # per_page as sent, else the default
         body = self.get(f"/actors?cursor={first['next_cursor']}&per_page=1&gender=FEMALE").get_json()
@@ -269,8 +297,8 @@ class CursorTest(ListTestCase):
         def signed_as(change):
             edited = json.loads(json.dumps(content))
             change(edited)
-            text = json.dumps(edited, separators=(",", ":")).encode()
-            return base64.urlsafe_b64encode(text).rstrip(b"=").decode() + "." + mac
+            payload_text = json.dumps(edited, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(payload_text).rstrip(b"=").decode() + "." + mac
 
         flipped = payload[:10] + ("A" if payload[10] != "A" else "B") + payload[11:]
         cases = [  # (query, what the message names)
@@ -316,7 +344,7 @@ class CursorTest(ListTestCase):
 
     def test_the_same_criteria_sent_again_with_the_cursor_are_no_contradiction(self):
         cursor = self.cursor_of("/actors?per_page=2&gender=female&q=A&sort=-age")
-        for query in ("gender=female", "gender=FEMALE&q=a", "sort=-age", "sort=-age,id", "per_page=3"):
+        for query in ("gender=female", "gender=FEMALE&q=a", "q=%C3%81", "sort=-age", "sort=-age,id", "per_page=3"):
             with self.subTest(query=query):
                 self.get(f"/actors?cursor={cursor}&{query}")
         cursor = self.cursor_of("/movies?per_page=2")
@@ -357,6 +385,114 @@ class CastListOwnerTest(ListTestCase):
         for query, named in (("?per_page=0", "per_page"), ("?sort=nope", "sort"), ("?cursor=x.y", "cursor")):
             with self.subTest(query):
                 self.assertError(self.call("GET", f"/movies/{self.movie}/actors{query}"), 400, named)
+
+
+# Names a search must tell apart, or not: case, accents (composed or not),
+# letters that Unicode does not decompose, compatibility forms, wildcards and
+# backslashes (literal), spaces, and words that many names share.
+SEARCHED_NAMES = [
+    "Zoë Saldaña",
+    "ZOE KRAVITZ",
+    "zoe",
+    "Zoe\u0308 Decomposed",
+    "Émilie",
+    "Emilie",
+    "EMILIE",
+    "Søren Kierkegaard",
+    "Ørsted",
+    "Straße",
+    "STRASSE",
+    "Łukasz Żuławski",
+    "İlker",
+    "ΟΔΥΣΣΕΑΣ",
+    "ﬁnn ﬂoyd",
+    "Ａｌｉ",
+    "Ǆemal",
+    "100% Pure",
+    "50 % off",
+    "under_score",
+    "under score",
+    "back\\slash",
+    "per%cent_and\\all",
+    "spaced  out",
+    "Seed actor 1",
+    "Seed actor 7",
+    "Seed actor 77",
+    "Seed actor 777",
+    "Seed actor 7770",
+]
+SEARCHES = ["zoe", "ZOË", "zoë", "Zoe\u0308", "o", "e", "é", "e\u0301", "EMILIE", "émilie", "MIL"]
+SEARCHES += ["soren", "ørsted", "ø", "strasse", "ß", "ẞ", "ss", "lukasz zulawski", "ł", "ilker", "i", "İ"]
+SEARCHES += ["οδυσσεας", "ς", "finn", "fi", "ali", "ａｌｉ", "dz", "ǆ"]
+SEARCHES += ["%", "_", "\\", "0%", "% o", "r_s", "r s", "\\s", "%c", "_and\\", " ", "  ", "d  o"]
+SEARCHES += ["seed actor", "seed actor 7", "seed actor 77", "SEED ACTOR 777", "actor 7770", "x", "qz", "", "z" * 200]
+
+
+class SearchTest(ApiTestCase):
+    """?q= finds exactly what a scan with the SPEC's rule finds (the folded name
+    holds the folded search), whichever way the list finds it: the search index
+    looking up few or many pieces, or each row checked."""
+
+    def setUp(self):
+        super().setUp()
+        self.actors = [self.add(Actor, name=name, age=30, gender="Female") for name in SEARCHED_NAMES]
+
+    def found(self, q):
+        body = self.call("GET", "/actors?" + urlencode({"q": q, "per_page": 100})).get_json()
+        return [a["id"] for a in body["actors"]], body["total_actors"]
+
+    def test_a_search_finds_what_a_scan_finds(self):
+        statistics = {  # what the search index's statistics say about every piece (PostgreSQL)
+            "as read": None,
+            "every piece rare": Shares({}, 0.000_01),
+            "every piece common": Shares({}, 0.9),
+            "one piece rare": Shares({piece: 0.000_01 for piece in ("7", "77", "777", "ss", "i")}, 0.9),
+        }
+        for said, shares in statistics.items():
+            with mock.patch("lists.shares", return_value=shares) if shares else contextlib.nullcontext():
+                for q in SEARCHES:
+                    with self.subTest(q=q, statistics=said):
+                        expected = [a["id"] for a in self.actors if fold(q) in fold(a["name"])]
+                        self.assertEqual(self.found(q), (expected, len(expected)))
+
+    def test_the_specs_examples(self):
+        zoe, emilie = self.actors[0]["id"], self.actors[5]["id"]
+        self.assertIn(zoe, self.found("zoe")[0])
+        self.assertIn(emilie, self.found("ÉMILIE")[0])
+        self.assertEqual(self.found("ZOË"), self.found("zoe"))
+
+    def test_a_changed_name_is_found_by_its_new_name_and_its_folded_form_never_shows(self):
+        actor = self.actors[0]["id"]
+        response = self.call("PATCH", f"/actors/{actor}", json={"name": "Ångström"})
+        self.assertEqual(response.get_json()["actor"], {"id": actor, "name": "Ångström", "age": 30, "gender": "Female"})
+        self.assertEqual(self.found("ANGSTROM"), ([actor], 1))
+        self.assertEqual(self.found("saldana"), ([], 0))
+        events = self.call("GET", "/audit?resource=actors&action=update").get_json()["events"]
+        self.assertEqual(events[0]["changes"], {"name": ["Zoë Saldaña", "Ångström"]})
+        self.assertEqual(self.rows(Actor)[0], {"id": actor, "name": "Ångström", "age": 30, "gender": "Female"})
+
+
+class FoldTest(ApiTestCase):
+    """PostgreSQL's casting_fold (migration 0005), which fills the folded
+    columns, folds as models.fold does, which folds ?q= and ?gender=."""
+
+    TEXTS = ["ΟΔΟΣ ΣΑΣ", "Σ", "İSTANBUL", "e\u0301\u0323", "Ǆ ǅ ǆ", "ﬃ", "Ⅻ", "①", "㎧", "ẞ", "Ⱥ", "ᾼ", "ǰ"]
+
+    def test_the_databases_fold_is_pythons_on_every_assigned_code_point(self):
+        with self.app.app_context(), db.engine.connect() as connection:
+            if connection.dialect.name != "postgresql":
+                self.skipTest("SQLite's casting_fold is models.fold itself")
+            characters = [chr(c) for c in range(1, 0x110000) if unicodedata.category(chr(c)) not in ("Cs", "Co", "Cn")]
+            texts = [f"A{c}a" for c in characters] + self.TEXTS  # within a word: the final sigma's case
+            folded = connection.execute(
+                text(
+                    "SELECT casting_fold(t) FROM unnest(CAST(:texts AS text[])) WITH ORDINALITY AS u(t, n) ORDER BY n"
+                ),
+                {"texts": texts},
+            ).scalars()
+            differences = [(t, f, fold(t)) for t, f in zip(texts, folded, strict=True) if f != fold(t)]
+        self.assertEqual(differences[:20], [])
+        self.assertEqual(len(texts), len(characters) + len(self.TEXTS))
 
 
 class WindowAndTotalTest(ApiTestCase):
