@@ -12,8 +12,10 @@ indexes):
 - a cursor continues after the last row's sort keys (keyset pagination), so
   the 500th page costs what the first does, and a walk sees every row that
   existed throughout it exactly once, whatever is inserted or deleted meanwhile;
-- `?page=` reaches the first WINDOW items only (OFFSET reads every skipped row);
-- a total is the counter row for a whole table and otherwise a count that
+- `?page=` reaches the first WINDOW items only (OFFSET reads every skipped row),
+  and a page past them is refused or found empty without reading that far;
+- a total is the counter row for a whole table, or what a page that ends its
+  list shows (the rows before it and its own), and otherwise a count that
   stops at COUNT_BOUND (`total_exact` says which);
 - a search looks up its rarest pieces in the search index (search.py).
 """
@@ -30,7 +32,7 @@ from urllib.parse import urlencode
 
 from flask import current_app
 from marshmallow import ValidationError
-from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
+from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
 from database import connect, prepared, rows
@@ -200,13 +202,15 @@ class Listing:
                 parameters.update({f"k{i}": value for i, value in enumerate(after)})
             limits = {"limit": per_page + 1, "offset": offset, "bound": self._bound()}
             found = rows(connection, statement, {**parameters, **limits})
+            # A page by number that ends the list shows how long it is (see _build_page).
+            ends_the_list = after is None and len(found) <= per_page and (len(found) > 0 or offset == 0)
             if found:
                 total = found[0]["_total"]
-            elif offset == 0 and after is None:
+            elif ends_the_list:
                 total = 0
             else:  # past the end, or every row after the cursor is gone: count apart
                 total = self._count(connection, shape, unfiltered, parameters)
-        exact = unfiltered or total <= self._bound()
+        exact = unfiltered or ends_the_list or total <= self._bound()
         next_cursor = None
         if len(found) > per_page:
             found = found[:per_page]
@@ -268,20 +272,35 @@ class Listing:
 
     def _past_the_window(self, connection, shape, unfiltered, parameters, offset):
         """A page that starts past the window: an empty list when the list ends
-        before it, else a 400 pointing at cursors."""
+        before it, else a 400 pointing at cursors. Found without reading as far
+        as the page: the list is known to end before it when its count ended
+        within the bound, when its table has no more rows than the offset, or
+        when it has no item past the window. A list longer than the window is
+        refused for every page past the window: telling whether this page is
+        past its end would mean reading that far."""
         total = self._count(connection, shape, unfiltered, parameters)
         exact = unfiltered or total <= self._bound()
+        window = current_app.config["LIST_WINDOW"]
         if exact:
             holds_items = total > offset
-        else:  # the count stopped early: look for one item at the offset
+        elif offset >= self._table_rows(connection):
+            holds_items = False
+        else:  # is there an item past the window?
             statement = self._statement("exists", *shape)
-            holds_items = connection.execute(statement, {**parameters, "offset": offset}).first() is not None
+            holds_items = connection.execute(statement, {**parameters, "offset": window}).first() is not None
         if holds_items:
             raise BadRequest(
-                f"invalid query parameters: page: pages reach the first {current_app.config['LIST_WINDOW']:,} "
+                f"invalid query parameters: page: pages reach the first {window:,} "
                 "items; to go further, follow next_cursor (or the Link header) with ?cursor="
             )
         return Page([], total if exact else self._bound(), exact, None)
+
+    def _table_rows(self, connection):
+        """How many rows the list's table holds (its counter row), which no list
+        of its rows exceeds; infinite for a table without a counter."""
+        counted = select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
+        n = connection.execute(counted).scalar()
+        return float("inf") if n is None else n
 
     # --- the statements, built once per shape ---------------------------------
 
@@ -345,8 +364,24 @@ class Listing:
             statement = statement.where(_after(order))
         unfiltered = self.whole_table and not (filters or search)
         count = self._build_count(filters, search, terms, unfiltered).scalar_subquery()
-        statement = statement.add_columns(*(e.label(f"_k{i}") for i, (e, _) in enumerate(order)), count.label("_total"))
-        return self._ordered(statement, order).limit(bindparam("limit")).offset(bindparam("offset"))
+        keys = [e.label(f"_k{i}") for i, (e, _) in enumerate(order)]
+        if unfiltered or after_cursor:  # the counter row; a cursor's page cannot see the items before it
+            statement = statement.add_columns(*keys, count.label("_total"))
+            return self._ordered(statement, order).limit(bindparam("limit")).offset(bindparam("offset"))
+        # A page by number that ends the list (fewer rows than the limit, the
+        # page and the one after it) shows how long the list is: the offset
+        # plus its rows. PostgreSQL runs a subquery in a CASE only when it
+        # reaches it, so the count runs only when the page does not end the list.
+        page = statement.add_columns(*keys)
+        page = self._ordered(page, order).limit(bindparam("limit")).offset(bindparam("offset")).cte("page")
+        shown = select(func.count()).select_from(page).scalar_subquery()
+        ends_the_list = and_(shown < bindparam("limit"), or_(shown > 0, bindparam("offset") == 0))
+        total = case((ends_the_list, bindparam("offset") + shown), else_=count)
+        keys = [page.c[f"_k{i}"] for i in range(len(order))]
+        ordered = select(page, total.label("_total")).order_by(
+            *(key.desc() if descending else key.asc() for key, (_, descending) in zip(keys, order, strict=True))
+        )
+        return ordered
 
 
 def _after(order):

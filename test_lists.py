@@ -543,6 +543,41 @@ class WindowAndTotalTest(ApiTestCase):
                 body = self.page(query)
                 self.assertEqual((body["total_actors"], body["total_exact"]), (total, exact))
 
+    def test_a_page_past_the_window_is_refused_or_found_empty_without_reading_that_far(self):
+        self.add_actors(10_050)  # 5,025 female
+        with self.app.app_context():
+            db.session.execute(insert(Actor), [{"name": "Someone", "age": 40, "gender": "Male"}] * 100)
+            db.session.commit()
+        cases = [  # (query, status)
+            ("gender=female&page=1000000000000000000000", 200),  # past any list of the table's 10,150 actors
+            ("q=actor&page=10151&per_page=1", 200),
+            ("gender=female&page=101&per_page=100", 200),  # the list ends before the window does
+            ("page=10151&per_page=1", 200),  # the whole table: its counter says where it ends
+            ("page=10150&per_page=1", 400),
+            ("q=actor&page=101&per_page=100", 400),  # longer than the window
+            # Longer than the window (10,050 items): refused, though this page is past its
+            # end, since telling would mean reading the list up to it.
+            ("q=actor&page=10100&per_page=1", 400),
+        ]
+        for query, status in cases:
+            with self.subTest(query):
+                if status == 400:
+                    self.assertError(self.call("GET", f"/actors?{query}"), 400, "cursor")
+                else:
+                    self.assertEqual(self.page(query)["actors"], [])
+
+    def test_a_page_that_ends_its_list_knows_its_total_without_counting(self):
+        self.add_actors(2_001)  # 1,000 female, 1,001 male
+        cases = [  # (query, total, exact)
+            ("gender=male&per_page=100&page=11", 1_001, True),  # the last page: 1,000 before it, and 1
+            ("gender=male&per_page=100&page=10", 1_000, False),  # not the last: the count stops at its bound
+            ("q=Actor 2000", 1, True),
+        ]
+        for query, total, exact in cases:
+            with self.subTest(query):
+                body = self.page(query)
+                self.assertEqual((body["total_actors"], body["total_exact"]), (total, exact))
+
 
 class LoweredBoundTest(ApiTestCase):
     config = {"LIST_COUNT_BOUND": 3, "LIST_WINDOW": 4}
@@ -552,7 +587,8 @@ class LoweredBoundTest(ApiTestCase):
             self.add(Actor, name=f"A{i}", age=20 + i, gender="Female")
         self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))
         cases = [  # (path, total, exact, status)
-            ("/actors?age_min=22", 3, False, 200),
+            ("/actors?age_min=22&per_page=2", 3, False, 200),  # 4 match: the count stops at 3
+            ("/actors?age_min=22", 4, True, 200),  # a page that shows the whole list knows its total
             ("/actors?age_min=23", 3, True, 200),
             ("/actors", 6, True, 200),
             ("/actors?page=2&per_page=4", None, None, 400),  # starts at the 5th item: past the window
