@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from flask import current_app
 from marshmallow import ValidationError
-from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, tuple_
+from sqlalchemy import String, and_, bindparam, case, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
 from database import connect, prepared, rows
@@ -339,7 +339,14 @@ class Listing:
                 order.append((expression, descending))
         return order
 
-    def _ordered(self, statement, order):
+    def _ordered(self, statement, order, search=None):
+        if search == "index":
+            # The search index finds few rows (search.py): look them up, then
+            # sort them. Ordered by an expression that no index serves, so that
+            # PostgreSQL cannot walk the list's order instead, hoping to meet
+            # matches early (it would read the whole table for a search that
+            # matches nothing).
+            order = [(_not_by_index(e), descending) for e, descending in order]
         return statement.order_by(*(e.desc() if descending else e.asc() for e, descending in order))
 
     def _build_count(self, filters, search, terms, unfiltered):
@@ -350,12 +357,12 @@ class Listing:
         if unfiltered:
             return select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
         matching = self._matching(filters, search).with_only_columns(literal_column("1"), maintain_column_froms=True)
-        matching = self._ordered(matching, self._order(terms)).limit(bindparam("bound") + literal_column("1"))
+        matching = self._ordered(matching, self._order(terms), search).limit(bindparam("bound") + literal_column("1"))
         return select(func.count()).select_from(matching.subquery())
 
     def _build_exists(self, filters, search, terms):
         matching = self._matching(filters, search).with_only_columns(literal_column("1"), maintain_column_froms=True)
-        return self._ordered(matching, self._order(terms)).limit(1).offset(bindparam("offset"))
+        return self._ordered(matching, self._order(terms), search).limit(1).offset(bindparam("offset"))
 
     def _build_page(self, filters, search, terms, after_cursor):
         order = self._order(terms)
@@ -367,13 +374,13 @@ class Listing:
         keys = [e.label(f"_k{i}") for i, (e, _) in enumerate(order)]
         if unfiltered or after_cursor:  # the counter row; a cursor's page cannot see the items before it
             statement = statement.add_columns(*keys, count.label("_total"))
-            return self._ordered(statement, order).limit(bindparam("limit")).offset(bindparam("offset"))
+            return self._ordered(statement, order, search).limit(bindparam("limit")).offset(bindparam("offset"))
         # A page by number that ends the list (fewer rows than the limit, the
         # page and the one after it) shows how long the list is: the offset
         # plus its rows. PostgreSQL runs a subquery in a CASE only when it
         # reaches it, so the count runs only when the page does not end the list.
         page = statement.add_columns(*keys)
-        page = self._ordered(page, order).limit(bindparam("limit")).offset(bindparam("offset")).cte("page")
+        page = self._ordered(page, order, search).limit(bindparam("limit")).offset(bindparam("offset")).cte("page")
         shown = select(func.count()).select_from(page).scalar_subquery()
         ends_the_list = and_(shown < bindparam("limit"), or_(shown > 0, bindparam("offset") == 0))
         total = case((ends_the_list, bindparam("offset") + shown), else_=count)
@@ -397,6 +404,13 @@ def _after(order):
         beyond = expression < values[i] if descending else expression > values[i]
         alternatives.append(and_(*(e == values[j] for j, (e, _) in enumerate(order[:i])), beyond))
     return or_(*alternatives)
+
+
+def _not_by_index(expression):
+    """The same value, as an expression that no index serves."""
+    if isinstance(expression.type, String):
+        return expression.concat("")
+    return expression + 0
 
 
 def _differs(name, sent, carried):
