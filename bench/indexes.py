@@ -79,7 +79,7 @@ def main():
         cursor.execute("SELECT count(*) FROM actors")
         actors = cursor.fetchone()[0]
     connection.rollback()
-    print(f"{actors:,} actors in casting_bench\n")
+    print(f"{actors:,} actors in {DATABASE_URL.rsplit('/', 1)[1]}\n")
     print("| indexes | request | with (ms) | without (ms) |")
     print("| --- | --- | ---: | ---: |")
     for indexes, paths in REQUESTS.items():
