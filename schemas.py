@@ -16,7 +16,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from models import db
+from models import db, shown
 
 # --- fields -------------------------------------------------------------------
 
@@ -297,7 +297,8 @@ class SortKeys(fields.String):
                 "pattern": f"^{no_repeat}{key}(?:,{key})*$",
                 "description": "Comma-separated keys, each optionally prefixed with `-` for descending: "
                 + ", ".join(f"`{k}`" for k in keys)
-                + ". Text compares ignoring case; ties are ordered by `id` (ascending unless the keys say `-id`). "
+                + ". Text compares ignoring case and accents (Émilie between Elliot and Eve); ties are ordered by "
+                "`id` (ascending unless the keys say `-id`). "
                 "Default `id`.",
                 "example": f"-{keys[-1]}",
             },
@@ -348,14 +349,17 @@ class ListQuerySchema(PageQuerySchema):
             validate.Length(max=200),
             validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000."),
         ],
-        metadata={"description": "Keep the items whose name or title contains this, ignoring case."},
+        metadata={
+            "description": "Keep the items whose name or title contains this, ignoring case and accents "
+            "(`zoe` finds Zoë, `ÉMILIE` finds Emilie)."
+        },
     )
 
 
 class ActorListQuerySchema(ListQuerySchema):
     gender = fields.String(
         validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000.")],
-        metadata={"description": "Keep the actors of this gender, ignoring case.", "example": "female"},
+        metadata={"description": "Keep the actors of this gender, ignoring case and accents.", "example": "female"},
     )
     age_min = QueryInteger(
         validate=validate.Range(min=0, max=150), metadata={"description": "Keep the actors this old or older."}
@@ -408,10 +412,11 @@ class AuditQuerySchema(PageQuerySchema):
 
 def _visible(row, resource):
     """A stored row as the API shows it: its columns in the table's order
-    (PostgreSQL's jsonb keeps its own), without the version (the ETag's)."""
+    (PostgreSQL's jsonb keeps its own), without the version (the ETag's) or
+    the folded copies of its text."""
     if row is None:
         return None
-    return {c.name: row[c.name] for c in db.metadata.tables[resource].c if c.name in row and c.name != "version"}
+    return {c.name: row[c.name] for c in db.metadata.tables[resource].c if c.name in row and shown(c)}
 
 
 def audit_changes(event):

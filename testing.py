@@ -5,14 +5,17 @@ The suite makes its own RSA keys and publishes them as a JWKS over real HTTP on
 code under test. No test needs the internet.
 """
 
+import contextlib
 import datetime
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 from flask_migrate import upgrade
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+import database
 from app import create_app
 from loopback import Issuer
 from models import Actor, Movie, columns, db
@@ -92,6 +95,32 @@ def dispose(app):
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@contextlib.contextmanager
+def statements_run(app):
+    """A list that collects the SQL, parameters inlined, of every statement the
+    app's requests run on PostgreSQL meanwhile: through SQLAlchemy, and through
+    the selects' fast path (database.rows), which SQLAlchemy's events never see."""
+    statements = []
+
+    def through_sqlalchemy(conn, cursor, statement, parameters, context, executemany):
+        statements.append(cursor.mogrify(statement, parameters).decode())
+
+    def fast_path(connection, statement, parameters):
+        compiled = statement.compile(dialect=connection.dialect)
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            statements.append(cursor.mogrify(compiled.string, compiled.construct_params(parameters)).decode())
+        return run(connection, statement, parameters)
+
+    run = database.rows
+    engine = app.extensions["statements"]
+    event.listen(engine, "before_cursor_execute", through_sqlalchemy)
+    try:
+        with mock.patch("database.rows", fast_path), mock.patch("lists.rows", fast_path):
+            yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", through_sqlalchemy)
 
 
 def prepare_database(app):
