@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import current_app
-from marshmallow import ValidationError
+from marshmallow import EXCLUDE, ValidationError
 from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
@@ -226,8 +226,10 @@ class Listing:
             if cursor["list"] != list_key:
                 raise BadRequest("invalid query parameters: cursor: it belongs to another list")
             # The criteria travel in their query-string form: the list's own
-            # query schema reads them back, as it read them the first time.
-            carried = self.query_schema.load({name: str(value) for name, value in cursor["criteria"].items()})
+            # query schema reads them back, as it read them the first time
+            # (but `sort`, which a list that takes no ?sort= carries too).
+            query = {name: str(value) for name, value in cursor["criteria"].items()}
+            carried = self.query_schema.load(query, unknown=EXCLUDE)
             criteria = self._criteria(carried)
             keys = [self.columns.sort_keys[key] for key, _ in criteria["sort"]]
             after = [key.from_json(value) for key, value in zip(keys, cursor["after"], strict=True)]

@@ -1,12 +1,13 @@
 """One set of marshmallow schemas: request validation, response shapes and the
 OpenAPI description all come from here, so they cannot drift apart."""
 
+import difflib
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
 
 from marshmallow import (
-    EXCLUDE,
+    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -317,11 +318,83 @@ class SortKeys(fields.String):
         return tuple(terms)
 
 
-class PageQuerySchema(Schema):
-    """The query parameters every list takes (SPEC: "Lists at scale")."""
+# Names that other APIs give a parameter of ours, for the hint of an unknown one.
+_OTHER_NAMES = {
+    "limit": "per_page",
+    "page_size": "per_page",
+    "pagesize": "per_page",
+    "size": "per_page",
+    "offset": "page",
+    "search": "q",
+    "query": "q",
+    "name": "q",
+    "title": "q",
+    "order": "sort",
+    "order_by": "sort",
+    "orderby": "sort",
+    "sort_by": "sort",
+}
+
+
+def near_misses(name, known):
+    """The parameters of `known` that `name` is a near miss of, best first: the
+    same words in another order or run together (`min_age`, `agemin`:
+    `age_min`), another API's name for it (`limit`: `per_page`), its first
+    words (`actor`: `actor_id`; `age`: `age_min` or `age_max`), or a typo
+    (`genre`: `gender`). At most two."""
+    spelt = name.lower().replace("-", "_")
+    if len(spelt) > 40:  # no parameter's name is that long
+        return []
+    words, joined = sorted(spelt.split("_")), spelt.replace("_", "")
+    candidates = (
+        [k for k in known if sorted(k.split("_")) == words or k.replace("_", "") == joined],
+        [_OTHER_NAMES[spelt]] if _OTHER_NAMES.get(spelt) in known else [],
+        [k for k in known if len(spelt) >= 3 and k.startswith(spelt)],
+        difflib.get_close_matches(spelt, known, n=2, cutoff=0.6),
+    )
+    return next((found[:2] for found in candidates if found), [])
+
+
+def unknown_parameter(name, known):
+    """The message for an unknown query parameter: the one meant, for a near
+    miss, else those there are."""
+    if meant := near_misses(name, known):
+        return f"Unknown parameter. Did you mean {' or '.join(meant)}?"
+    if not known:
+        return "Unknown parameter: this operation takes no query parameters."
+    return f"Unknown parameter. Known: {', '.join(known)}."
+
+
+# How many unknown parameters of a request get a hint (errors.py names at most 20 bad ones).
+HINTED = 20
+
+
+class QuerySchema(Schema):
+    """Query parameters. An unknown one is a 400 that names it, and the one
+    meant when it is a near miss (SPEC: "Errors"): a misspelt filter must never
+    answer an unfiltered list. (marshmallow refuses unknown fields; the parser,
+    api.BodyParser, leaves that to the schema for query strings too.)"""
 
     class Meta:
-        unknown = EXCLUDE  # unknown query parameters are ignored
+        unknown = RAISE
+
+    def handle_error(self, error, data, **kwargs):
+        known = [field.data_key or name for name, field in self.load_fields.items()]
+        messages = error.normalized_messages()
+        unknown = [name for name in data if name not in known]  # in the order sent
+        if unknown:
+            # A hint for the first few (errors.py lists no more), the messages in the order sent.
+            hints = {name: [unknown_parameter(name, known)] for name in unknown[:HINTED]}
+            messages = {name: hints.get(name) or messages[name] for name in data if name in messages}
+            raise ValidationError(messages, data=data, valid_data=error.valid_data)
+
+
+class NoQuerySchema(QuerySchema):
+    """An operation that takes no query parameters: any is a 400."""
+
+
+class PageQuerySchema(QuerySchema):
+    """The query parameters every list takes (SPEC: "Lists at scale")."""
 
     page = QueryInteger(
         validate=validate.Range(min=1),

@@ -283,6 +283,7 @@ class AuditListTest(AuditTestCase):
             ("until=yesterday", "until"),
             ("subject=", "subject"),
             ("page=0", "page"),
+            ("resource_type=actors", "resource_type: Unknown parameter. Did you mean resource"),
         ]
         for query, named in cases:
             with self.subTest(query):

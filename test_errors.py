@@ -1,9 +1,10 @@
 """errors.py: every error in one JSON envelope, in the SPEC's order of precedence, bounded,
 and never leaking a traceback or SQL."""
 
+import datetime
 from unittest import mock
 
-from models import MAX_ID, Actor
+from models import MAX_ID, Actor, AuditEvent, Movie
 from testing import ACTOR, ApiTestCase
 
 
@@ -35,6 +36,41 @@ class ErrorOrderTest(ApiTestCase):
         for method, path, role, kwargs, status in cases:
             with self.subTest(method, path=path, role=role, status=status):
                 self.assertError(self.call(method, path, role=role, **kwargs), status)
+
+
+class UnknownQueryParameterTest(ApiTestCase):
+    """Every operation refuses a query parameter it does not take (a 400 that
+    names it), after authentication and the resource's 404, and changes nothing."""
+
+    def test_operations_that_take_none_refuse_any(self):
+        actor = self.add(Actor, **ACTOR)["id"]
+        movie = self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))["id"]
+        cases = [  # (method, path, body)
+            ("GET", "/", None),
+            ("GET", "/health", None),
+            ("GET", f"/actors/{actor}", None),
+            ("POST", "/actors", ACTOR),
+            ("PATCH", f"/actors/{actor}", {"age": 1}),
+            ("DELETE", f"/actors/{actor}", None),
+            ("PUT", f"/movies/{movie}/actors/{actor}", {"character": "Ruth"}),
+            ("DELETE", f"/movies/{movie}/actors/{actor}", None),
+            ("DELETE", f"/movies/{movie}", None),
+        ]
+        for method, path, body in cases:
+            with self.subTest(method, path=path):
+                response = self.call(method, f"{path}?dry_run=1", json=body)
+                error = self.assertError(response, 400)
+                self.assertEqual(
+                    error["errors"], {"dry_run": ["Unknown parameter: this operation takes no query parameters."]}
+                )
+        self.assertEqual([a["age"] for a in self.rows(Actor)], [ACTOR["age"]])
+        self.assertEqual(len(self.rows(Movie)), 1)
+        self.assertEqual(self.rows(AuditEvent), [])
+
+    def test_the_400_comes_after_authentication_and_the_resource(self):
+        self.assertError(self.call("GET", "/actors/1?x=1", role=None), 401)
+        self.assertError(self.call("DELETE", "/actors/1?x=1", role="Casting Assistant"), 403)
+        self.assertError(self.call("GET", "/actors/424242?x=1"), 404)
 
 
 class UnexpectedErrorTest(ApiTestCase):

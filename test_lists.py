@@ -199,9 +199,53 @@ class FilterAndSortTest(ListTestCase):
                 body = self.assertError(self.call("GET", f"{path}?{query}"), 400, parameter)
                 self.assertIn(parameter, body["errors"])
 
-    def test_filters_of_the_other_resource_are_ignored_like_any_unknown_parameter(self):
-        self.assertEqual(len(self.ids("/movies?gender=female&age_min=99", "movies")), len(MOVIES))
-        self.assertEqual(len(self.ids("/actors?released_from=2030-01-01", "actors")), len(ACTORS))
+    def test_an_unknown_parameter_is_a_400_naming_it_and_the_one_meant(self):
+        """A misspelt filter never answers an unfiltered list."""
+        known = {
+            "actors": "page, per_page, cursor, q, gender, age_min, age_max, sort",
+            "movies": "page, per_page, cursor, q, released_from, released_to, sort",
+        }
+        cases = [  # (list, query, {parameter: its message})
+            (
+                "/actors",
+                "min_age=25&max_age=35",
+                {"min_age": "Did you mean age_min?", "max_age": "Did you mean age_max?"},
+            ),
+            ("/actors", "genre=female", {"genre": "Did you mean gender?"}),
+            ("/actors", "Gender=female", {"Gender": "Did you mean gender?"}),
+            ("/actors", "age-min=3", {"age-min": "Did you mean age_min?"}),
+            ("/actors", "age=30", {"age": "Did you mean age_min or age_max?"}),
+            ("/actors", "limit=5", {"limit": "Did you mean per_page?"}),
+            ("/actors", "name=Viola", {"name": "Did you mean q?"}),
+            ("/actors", "order_by=name", {"order_by": "Did you mean sort?"}),
+            ("/movies", "release_date=2021-10-15", {"release_date": "Did you mean released_to or released_from?"}),
+            ("/movies", "gender=female&age_min=99", {"gender": f"Known: {known['movies']}.", "age_min": "Known"}),
+            ("/actors", "released_from=2030-01-01", {"released_from": f"Known: {known['actors']}."}),
+            (f"/movies/{self.movie}/actors", "min_age=3", {"min_age": "Did you mean age_min?"}),
+            (f"/actors/{self.actor}/movies", "from=2000-01-01", {"from": f"Known: {known['movies']}."}),
+            (
+                "/actors",
+                "x=1&per_page=0&y=2",
+                {"x": "Known", "per_page": "less than or equal to 100", "y": "Known"},
+            ),  # in the order sent
+            ("/actors", "cursor=x&min_age=1", {"cursor": "String does not match", "min_age": "Did you mean age_min?"}),
+        ]
+        for path, query, named in cases:
+            with self.subTest(path=path, query=query):
+                body = self.assertError(self.call("GET", f"{path}?{query}"), 400)
+                self.assertEqual(list(body["errors"]), list(named))
+                for parameter, message in named.items():
+                    self.assertIn(message, " ".join(body["errors"][parameter]))
+                    self.assertIn(f"{parameter}: ", body["message"])
+                for parameter in named:
+                    if named[parameter].startswith(("Did", "Known")):
+                        self.assertTrue(body["errors"][parameter][0].startswith("Unknown parameter"))
+
+    def test_a_cursor_page_takes_per_page_and_the_lists_own_parameters_only(self):
+        first = self.get("/actors?per_page=2&gender=female").get_json()
+        self.get(f"/actors?cursor={first['next_cursor']}&per_page=3&gender=female")
+        body = self.assertError(self.call("GET", f"/actors?cursor={first['next_cursor']}&perpage=3"), 400)
+        self.assertEqual(body["errors"], {"perpage": ["Unknown parameter. Did you mean per_page?"]})
 
 
 class CursorTest(ListTestCase):

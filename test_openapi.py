@@ -152,6 +152,7 @@ class ExamplesTest(unittest.TestCase):
         actor = app.test_client().get("/actors", headers=producer).get_json()["actors"][0]["id"]
         cases = [  # (method, path, how to make the error, status)
             ("GET", "/actors", {"query_string": "per_page=0", "headers": producer}, 400),
+            ("GET", "/actors/{actor_id}", {"query_string": "dry_run=1", "headers": producer}, 400),
             ("POST", "/actors", {"data": "{", "content_type": "application/json", "headers": producer}, 400),
             ("GET", "/actors", {}, 401),
             ("POST", "/movies", {"json": {}, "headers": assistant}, 403),
