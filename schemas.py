@@ -221,7 +221,9 @@ class PatchMixin:
     @validates_schema
     def not_empty(self, data, **kwargs):
         if not data:
-            raise ValidationError("Give at least one field to change.", "_schema")
+            # Said of the body as a whole: errors.py shows it without a field's name.
+            writable = [field.data_key or name for name, field in self.load_fields.items()]
+            raise ValidationError(f"Send at least one field to change: {', '.join(writable)}.")
 
 
 def patch_schema(schema):
@@ -257,16 +259,17 @@ class CastMovieSchema(MovieSchema):
 
 
 class QueryInteger(fields.Integer):
-    """A whole number in a query string: ASCII digits only (Python's int() would
-    also take "1_000", " 7" and other digits)."""
+    """A whole number in a query string: ASCII digits, maybe after a minus sign
+    (Python's int() would also take "1_000", " 7" and other digits). A negative
+    one is a whole number: its range says what is wrong with it."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value):
+        if not isinstance(value, str) or not re.fullmatch(r"-?[0-9]+", value):
             raise ValidationError("Not a whole number.")
         try:
             number = int(value)
         except ValueError:  # more digits than Python converts
-            raise ValidationError("Not a whole number.") from None
+            raise ValidationError("Too many digits.") from None
         for validator in self.validators:
             validator(number)
         return number
@@ -280,8 +283,8 @@ class QueryDate(fields.Date):
             raise ValidationError("Not a date: use YYYY-MM-DD.")
         try:
             return date.fromisoformat(value)
-        except ValueError:
-            raise ValidationError("Not a valid date.") from None
+        except ValueError:  # the form, but no such day (2021-02-30)
+            raise ValidationError("Not a date: use YYYY-MM-DD.") from None
 
 
 class SortKeys(fields.String):
@@ -393,11 +396,16 @@ class NoQuerySchema(QuerySchema):
     """An operation that takes no query parameters: any is a 400."""
 
 
+# A page number past this starts past 2**63 items, even 100 to a page: past any
+# list, and past what a database's OFFSET holds (a 64-bit integer).
+MAX_PAGE = 2**63 // 100
+
+
 class PageQuerySchema(QuerySchema):
     """The query parameters every list takes (SPEC: "Lists at scale")."""
 
     page = QueryInteger(
-        validate=validate.Range(min=1),
+        validate=validate.Range(min=1, max=MAX_PAGE, error="Pages start at 1 and go up to {max}."),
         metadata={
             "description": "The page, from 1 (default 1). Pages reach the first 10,000 items: beyond them, "
             "follow `next_cursor`. Not with `cursor`."

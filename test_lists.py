@@ -199,6 +199,21 @@ class FilterAndSortTest(ListTestCase):
                 body = self.assertError(self.call("GET", f"{path}?{query}"), 400, parameter)
                 self.assertIn(parameter, body["errors"])
 
+    def test_messages_say_what_to_send(self):
+        cases = [  # (query, the message)
+            ("page=-1", "page: Pages start at 1 and go up to 92233720368547758."),
+            ("page=0", "page: Pages start at 1 and go up to 92233720368547758."),
+            ("released_from=2021-02-30", "released_from: Not a date: use YYYY-MM-DD."),  # as any malformed date
+            ("released_to=2021-13-01", "released_to: Not a date: use YYYY-MM-DD."),
+            ("released_to=15/10/2021", "released_to: Not a date: use YYYY-MM-DD."),
+        ]
+        for query, message in cases:
+            with self.subTest(query):
+                self.assertEqual(
+                    self.assertError(self.call("GET", f"/movies?{query}"), 400)["message"],
+                    f"invalid query parameters: {message}",
+                )
+
     def test_an_unknown_parameter_is_a_400_naming_it_and_the_one_meant(self):
         """A misspelt filter never answers an unfiltered list."""
         known = {
@@ -503,6 +518,18 @@ class LoweredBoundTest(ApiTestCase):
                 if status == 200:
                     body = response.get_json()
                     self.assertEqual((body["total_actors"], body["total_exact"]), (total, exact))
+
+    def test_a_page_past_any_list_is_a_400_or_an_empty_page_never_a_500(self):
+        """Past the count's bound, a page past the window is looked for in the
+        database: at an offset that must fit in 64 bits."""
+        for i in range(6):
+            self.add(Actor, name=f"A{i}", age=20 + i, gender="Female")
+        last = 2**63 // 100  # the last page whose items a 64-bit offset reaches, 100 to a page
+        body = self.call("GET", f"/actors?gender=female&page={last}&per_page=100").get_json()
+        self.assertEqual((body["actors"], body["total_exact"]), ([], False))
+        for page in (last + 1, 99999999999999999999, "9" * 5000):
+            with self.subTest(page=str(page)[:30]):
+                self.assertError(self.call("GET", f"/actors?gender=female&page={page}"), 400, "page")
 
 
 class FlatCostTest(ApiTestCase):
