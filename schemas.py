@@ -17,7 +17,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from models import db
+from models import MAX_ID, db
 
 # --- fields -------------------------------------------------------------------
 
@@ -463,18 +463,29 @@ class QueryDateTime(fields.DateTime):
             instant = None
         if instant is None or instant.tzinfo is None:
             raise ValidationError("Not a date-time with a zone: use e.g. 2026-11-29T10:00:00Z.")
-        return instant.astimezone(UTC)
+        try:
+            return instant.astimezone(UTC)
+        except OverflowError:
+            # In UTC it falls before year 1 or after 9999, where Python's dates
+            # end; no event is beyond that edge, so the edge is the same bound.
+            edge = datetime.min if instant.year == 1 else datetime.max
+            return edge.replace(tzinfo=UTC)
 
 
 AUDIT_ACTIONS = ("create", "update", "delete", "cast", "uncast")
 AUDIT_RESOURCES = ("actors", "movies", "castings")
 
 
+def _an_id(description):
+    """An id in a query string: up to the largest an id can be (so every
+    database binds it)."""
+    return QueryInteger(validate=validate.Range(min=0, max=MAX_ID), metadata={"description": description})
+
+
 class AuditQuerySchema(PageQuerySchema):
     resource = fields.String(validate=validate.OneOf(AUDIT_RESOURCES))
-    resource_id = QueryInteger(
-        validate=validate.Range(min=0),
-        metadata={"description": "Keep the events of this actor's or movie's id (castings have none)."},
+    resource_id = _an_id(
+        "Keep the events whose `resource_id` is this (an actor's or a movie's own; castings have none)."
     )
     subject = fields.String(
         validate=validate.Length(min=1, max=255), metadata={"description": "Keep the events of this token `sub`."}

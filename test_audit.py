@@ -283,11 +283,33 @@ class AuditListTest(AuditTestCase):
             ("until=yesterday", "until"),
             ("subject=", "subject"),
             ("page=0", "page"),
+            ("resource_id=9223372036854775808", "resource_id"),  # past 64 bits (SQLite could not bind it)
             ("resource_type=actors", "resource_type: Unknown parameter. Did you mean resource"),
         ]
         for query, named in cases:
             with self.subTest(query):
                 self.assertError(self.call("GET", f"/audit?{query}"), 400, named)
+
+    def test_any_instant_from_year_1_to_9999_is_a_bound(self):
+        """Instants whose UTC falls before year 1 or after 9999 (where Python's
+        dates end) are bounds like any other: every event, or none."""
+        every = [e["id"] for e in self.events()]
+        cases = [
+            ("since=0001-01-01T00:00:00%2B01:00", every),
+            ("since=0001-01-01T00:00:00Z", every),
+            ("until=9999-12-31T23:00:00-02:00", every),
+            ("until=9999-12-31T23:59:59.999999Z", every),
+            ("since=9999-12-31T23:59:59-14:00", []),
+            ("until=0001-01-01T00:00:00%2B14:00", []),
+            ("since=0001-01-01T00:00:00%2B01:00&until=9999-12-31T23:00:00-02:00", every),
+        ]
+        for query, expected in cases:
+            with self.subTest(query):
+                self.assertEqual([e["id"] for e in self.events(f"?{query}")], expected)
+        # A cursor carries such a bound too.
+        first = self.call("GET", "/audit?since=0001-01-01T00:00:00%2B01:00&per_page=2").get_json()
+        rest = self.events(f"?cursor={first['next_cursor']}&per_page=100&since=0001-01-01T00:00:00%2B01:00")
+        self.assertEqual([e["id"] for e in first["events"] + rest], every)
 
     def test_a_walk_by_cursor_sees_every_event_once_newest_first(self):
         every = [e["id"] for e in self.events()]
