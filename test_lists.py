@@ -13,11 +13,11 @@ import random
 import tempfile
 from urllib.parse import parse_qs, urlsplit
 
-from sqlalchemy import delete, event, insert
+from sqlalchemy import delete, insert
 
 from app import create_app
 from models import Actor, Casting, Movie, db
-from testing import ApiTestCase, app_config, dispose
+from testing import ApiTestCase, app_config, dispose, rows_read
 
 # Names that differ only in case, ages and genders with ties, so that sorting
 # must ignore case and break ties by id.
@@ -597,31 +597,6 @@ class FlatCostTest(ApiTestCase):
                 connection.close()
         self.actors = actors
 
-    def rows_read(self, path):
-        """Rows the scans of `path`'s statements read, from their plans."""
-        statements = []
-
-        def capture(conn, cursor, statement, parameters, context, executemany):
-            statements.append(cursor.mogrify(statement, parameters).decode())
-
-        engine = self.app.extensions["statements"]
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
-            self.assertEqual(self.call("GET", path).status_code, 200)
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
-        total = 0
-        with self.app.app_context():
-            connection = db.engine.raw_connection()  # no parameters: the % of a LIKE stays as it is
-            try:
-                with connection.cursor() as cursor:
-                    for sql in statements:
-                        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
-                        total += _scanned(cursor.fetchone()[0][0]["Plan"])
-            finally:
-                connection.close()
-        return total
-
     def deep_cursor(self):
         path = "/actors?sort=-age&per_page=100"
         for _ in range(60):
@@ -630,7 +605,7 @@ class FlatCostTest(ApiTestCase):
 
     def measure(self):
         deep = self.deep_cursor()
-        return {path: self.rows_read(deep if path == "{deep cursor}" else path) for path in self.PATHS}
+        return {path: rows_read(self, deep if path == "{deep cursor}" else path) for path in self.PATHS}
 
     def test_lists_read_as_many_rows_at_160000_actors_as_at_40000(self):
         self.grow_to(40_000)
@@ -640,15 +615,6 @@ class FlatCostTest(ApiTestCase):
         for path in self.PATHS:
             with self.subTest(path, small=small[path], large=large[path]):
                 self.assertLessEqual(large[path], 1.5 * small[path] + 100)
-
-
-def _scanned(node):
-    """Rows a plan node's scans read (kept or filtered out), with its children's."""
-    rows = 0
-    if "Scan" in node["Node Type"]:
-        kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
-        rows = (kept + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
-    return rows + sum(_scanned(child) for child in node.get("Plans", []))
 
 
 class DescriptionAgreesTest(ApiTestCase):

@@ -9,10 +9,12 @@ import datetime
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 from flask_migrate import upgrade
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+import database
 from app import create_app
 from loopback import Issuer
 from models import Actor, Movie, columns, db
@@ -152,3 +154,48 @@ class ApiTestCase(unittest.TestCase):
             db.session.add(row)
             db.session.commit()
             return columns(row)
+
+
+def rows_read(test, path):
+    """Rows the scans of the statements that a GET of `path` runs read (on
+    PostgreSQL), from their plans (EXPLAIN ANALYZE of the very statements).
+    The selects that database.rows sends on psycopg2's cursor, past
+    SQLAlchemy's events, are caught on their way there."""
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append(cursor.mogrify(statement, parameters).decode())
+
+    def rows_captured(connection, statement, parameters):
+        compiled = statement.compile(dialect=connection.dialect)
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            statements.append(cursor.mogrify(compiled.string, compiled.construct_params(parameters)).decode())
+        return database.rows(connection, statement, parameters)
+
+    engine = test.app.extensions["statements"]
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with mock.patch("lists.rows", rows_captured):
+            test.assertEqual(test.call("GET", path).status_code, 200)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    total = 0
+    with test.app.app_context():
+        connection = db.engine.raw_connection()  # no parameters: the % of a LIKE stays as it is
+        try:
+            with connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+                    total += _scanned(cursor.fetchone()[0][0]["Plan"])
+        finally:
+            connection.close()
+    return total
+
+
+def _scanned(node):
+    """Rows a plan node's scans read (kept or filtered out), with its children's."""
+    rows = 0
+    if "Scan" in node["Node Type"]:
+        kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        rows = (kept + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
+    return rows + sum(_scanned(child) for child in node.get("Plans", []))
