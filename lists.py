@@ -33,7 +33,7 @@ from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple
 from werkzeug.exceptions import BadRequest
 
 from database import connect, prepared, rows
-from models import Actor, AuditEvent, Movie, RowCount, folded
+from models import Actor, AuditEvent, Movie, RowCount, concerning, folded
 
 # `?page=` reaches this many items; a cursor reaches every one.
 WINDOW = 10_000
@@ -112,6 +112,8 @@ AUDIT_COLUMNS = Columns(
     filters={
         "resource": lambda value: AuditEvent.resource == value,
         "resource_id": lambda value: AuditEvent.resource_id == value,
+        "actor_id": lambda value: concerning("actor_id", value),
+        "movie_id": lambda value: concerning("movie_id", value),
         "subject": lambda value: AuditEvent.subject == value,
         "action": lambda value: AuditEvent.action == value,
         "since": lambda value: AuditEvent.at >= value,

@@ -487,6 +487,8 @@ class AuditQuerySchema(PageQuerySchema):
     resource_id = _an_id(
         "Keep the events whose `resource_id` is this (an actor's or a movie's own; castings have none)."
     )
+    actor_id = _an_id("Keep the events that concern this actor: its own, and its castings'.")
+    movie_id = _an_id("Keep the events that concern this movie: its own, and its castings'.")
     subject = fields.String(
         validate=validate.Length(min=1, max=255), metadata={"description": "Keep the events of this token `sub`."}
     )
@@ -516,6 +518,8 @@ def audit_changes(event):
         return {name: [before[name], value] for name, value in after.items() if before[name] != value}
     if action == "cast":
         return {"character": [before and before["character"], after["character"]]}
+    if "castings" in event["before"]:  # a delete: the castings it removed (recorded since migration 0006)
+        return {**before, "castings": event["before"]["castings"]}
     return before  # delete, uncast: the item as it was
 
 
@@ -546,7 +550,8 @@ class AuditEventSchema(Schema):
         metadata={
             "type": "object",
             "description": "An update: each changed field's `[old, new]`; a create: the fields written; a delete: "
-            "the item as it was; a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
+            "the item as it was, and in `castings` the castings it removed (each one's `movie_id` or `actor_id`, "
+            "and `character`); a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
             "casting as it was.",
             **example({"age": [65, 66]}),
         },
