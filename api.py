@@ -17,7 +17,7 @@ import http
 import json
 
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 from flask_smorest import Api, Blueprint
 from flask_smorest.utils import (
     resolve_schema_instance,
@@ -271,15 +271,23 @@ def list_query(blp, schema):
 
 def no_query(blp, body=False):
     """An operation that takes no query parameters: any is a 400 (a `?dry_run=1`
-    on a DELETE must not delete). The view gets no argument for it. With a
+    on a DELETE must not delete), as the parser words it for any query schema.
+    A request without a query string, nearly every one, costs a check of
+    `request.args` (webargs' parse of an empty query measured 7 us). With a
     `body` (json_body), the description's 400 example stays the body's
     (flask-smorest would merge two examples into one)."""
+    schema = schemas.NoQuerySchema()
 
     def decorator(view):
-        view = blp.arguments(schemas.NoQuerySchema(), location="query", error_status_code=400, as_kwargs=True)(view)
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            if request.args:
+                ApiBlueprint.ARGUMENTS_PARSER.parse(schema, location="query", error_status_code=400)  # raises
+            return view(*args, **kwargs)
+
         if body:
-            return view
-        return documented_errors(blp, 400, examples={400: error_example(400, **UNKNOWN_QUERY_PARAMETER)})(view)
+            return wrapper
+        return documented_errors(blp, 400, examples={400: error_example(400, **UNKNOWN_QUERY_PARAMETER)})(wrapper)
 
     return decorator
 
