@@ -6,6 +6,7 @@ code under test. No test needs the internet.
 """
 
 import datetime
+import io
 import os
 import tempfile
 import unittest
@@ -154,6 +155,37 @@ class ApiTestCase(unittest.TestCase):
             db.session.add(row)
             db.session.commit()
             return columns(row)
+
+
+def copy_rows(test, tables, *statements):
+    """PostgreSQL: COPY rows into tables (each `(table, "(columns)", lines)`, a
+    line a row of tab-separated values), run the `(statement, parameters)`
+    after them, and ANALYZE the tables (fresh statistics, as autovacuum gives)."""
+    with test.app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                for table, columns, lines in tables:
+                    cursor.copy_expert(f"COPY {table} {columns} FROM STDIN", io.StringIO("".join(lines)))
+                for statement, parameters in statements:
+                    cursor.execute(statement, parameters)
+                cursor.execute(f"ANALYZE {', '.join(table for table, _, _ in tables)}")
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def assert_flat_cost(test, small, large):
+    """A flat-cost test: what `test.measure()` counts (rows read, by path) after
+    `test.grow_to(small)` grows by at most half, plus 100, after
+    `test.grow_to(large)`."""
+    test.grow_to(small)
+    before = test.measure()
+    test.grow_to(large)
+    after = test.measure()
+    for path in before:
+        with test.subTest(path, small=before[path], large=after[path]):
+            test.assertLessEqual(after[path], 1.5 * before[path] + 100)
 
 
 def rows_read(test, path):
