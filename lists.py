@@ -31,12 +31,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import current_app
-from marshmallow import ValidationError
+from marshmallow import EXCLUDE, ValidationError
 from sqlalchemy import String, and_, bindparam, case, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
 from database import connect, prepared, rows
-from models import Actor, AuditEvent, Movie, RowCount, fold
+from models import Actor, AuditEvent, Movie, RowCount, concerning, fold
 from search import contains, holds_pieces, pieces_to_look_up, shares
 
 # `?page=` reaches this many items; a cursor reaches every one.
@@ -121,6 +121,8 @@ AUDIT_COLUMNS = Columns(
     filters={
         "resource": lambda value: AuditEvent.resource == value,
         "resource_id": lambda value: AuditEvent.resource_id == value,
+        "actor_id": lambda value: concerning("actor_id", value),
+        "movie_id": lambda value: concerning("movie_id", value),
         "subject": lambda value: AuditEvent.subject == value,
         "action": lambda value: AuditEvent.action == value,
         "since": lambda value: AuditEvent.at >= value,
@@ -234,8 +236,10 @@ class Listing:
             if cursor["list"] != list_key:
                 raise BadRequest("invalid query parameters: cursor: it belongs to another list")
             # The criteria travel in their query-string form: the list's own
-            # query schema reads them back, as it read them the first time.
-            carried = self.query_schema.load({name: str(value) for name, value in cursor["criteria"].items()})
+            # query schema reads them back, as it read them the first time
+            # (but `sort`, which a list that takes no ?sort= carries too).
+            query = {name: str(value) for name, value in cursor["criteria"].items()}
+            carried = self.query_schema.load(query, unknown=EXCLUDE)
             criteria = self._criteria(carried)
             keys = [self.columns.sort_keys[key] for key, _ in criteria["sort"]]
             after = [key.from_json(value) for key, value in zip(keys, cursor["after"], strict=True)]

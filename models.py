@@ -26,8 +26,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    and_,
     event,
     func,
+    literal_column,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -225,20 +227,30 @@ class RowCount(db.Model):
     n = Column(BigInteger, nullable=False)
 
 
+def concerned(side_id, resource_id, resource, other):
+    """Which actor (or movie) an event concerns, from its columns: (the id,
+    the condition for concerning one). A casting's event concerns its
+    `side_id` (actor_id, or movie_id); an actor's (a movie's) own event its
+    `resource_id`; an event of the `other` resource ("movies", or "actors")
+    none. /audit's ?actor_id= and ?movie_id= compare them, served on
+    PostgreSQL by a partial index (migration 0006) that lists the events
+    newest first. `other` is written into the SQL, not bound, so that the
+    planner sees that the query's condition is the index's."""
+    return func.coalesce(side_id, resource_id), resource != literal_column(f"'{other}'")
+
+
+def _concerned_index(name, concerned_id, condition, event_id):
+    return _postgresql_index(f"ix_audit_events_concerned_{name}", concerned_id, event_id, postgresql_where=condition)
+
+
 class AuditEvent(db.Model):
     """One successful write: who made it, when, in which request, and the row
     as it was before and after (null for a create's before and a delete's
-    after). No foreign keys: the history of an actor outlives the actor.
-    The API shows `changes`, derived from before and after (schemas.py)."""
+    after; a delete's before also lists the castings it removed). No foreign
+    keys: the history of an actor outlives the actor. The API shows
+    `changes`, derived from before and after (schemas.py)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (
-        # /audit lists newest first, by id: these serve its filters in that order.
-        Index(None, "resource_id", "id"),
-        Index(None, "subject", "id"),
-        Index(None, "at"),
-        _NO_ID_REUSE,
-    )
 
     id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)  # SQLite's rowid is INTEGER
     at = Column(DateTime(timezone=True), nullable=False)
@@ -251,6 +263,24 @@ class AuditEvent(db.Model):
     before = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     after = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     request_id = Column(String(64), nullable=False)
+
+    __table_args__ = (
+        # /audit lists newest first, by id: these serve its filters in that order.
+        Index(None, "resource_id", "id"),
+        Index(None, "subject", "id"),
+        Index(None, "at"),
+        _concerned_index("actor_id", *concerned(actor_id, resource_id, resource, "movies"), id),
+        _concerned_index("movie_id", *concerned(movie_id, resource_id, resource, "actors"), id),
+        _NO_ID_REUSE,
+    )
+
+
+def concerning(name, value):
+    """/audit?actor_id= (name "actor_id") and ?movie_id=: the events that
+    concern that actor or movie, its own and its castings'."""
+    side, other = {"actor_id": (AuditEvent.actor_id, "movies"), "movie_id": (AuditEvent.movie_id, "actors")}[name]
+    concerned_id, condition = concerned(side, AuditEvent.resource_id, AuditEvent.resource, other)
+    return and_(concerned_id == value, condition)
 
 
 class AuthorizationCode(db.Model):

@@ -7,6 +7,7 @@ code under test. No test needs the internet.
 
 import contextlib
 import datetime
+import io
 import os
 import tempfile
 import unittest
@@ -191,3 +192,69 @@ class ApiTestCase(unittest.TestCase):
             db.session.add(row)
             db.session.commit()
             return columns(row)
+
+
+def copy_rows(test, tables, *statements):
+    """PostgreSQL: COPY rows into tables (each `(table, "(columns)", lines)`, a
+    line a row of tab-separated values), run the `(statement, parameters)`
+    after them, and ANALYZE the tables (fresh statistics, as autovacuum gives)."""
+    with test.app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                for table, columns, lines in tables:
+                    cursor.copy_expert(f"COPY {table} {columns} FROM STDIN", io.StringIO("".join(lines)))
+                for statement, parameters in statements:
+                    cursor.execute(statement, parameters)
+                cursor.execute(f"ANALYZE {', '.join(table for table, _, _ in tables)}")
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def assert_flat_cost(test, small, large, pages_too=()):
+    """A flat-cost test: what `test.measure()` counts ((rows, pages) read, by
+    path) after `test.grow_to(small)` grows by at most half, plus a little,
+    after `test.grow_to(large)`: the rows always, the pages for `pages_too`
+    (an index's pages grow with the table even when the rows do not)."""
+    test.grow_to(small)
+    before = test.measure()
+    test.grow_to(large)
+    after = test.measure()
+    for path in before:
+        (small_rows, small_pages), (large_rows, large_pages) = before[path], after[path]
+        with test.subTest(path, small=before[path], large=after[path]):
+            test.assertLessEqual(large_rows, 1.5 * small_rows + 100)
+            if path in pages_too:
+                test.assertLessEqual(large_pages, 1.5 * small_pages + 20)
+
+
+def read_by(test, path):
+    """(rows, pages) that the statements of a GET of `path` read on PostgreSQL:
+    rows by their scans, pages of tables and indexes (from memory or disk),
+    from the plans of the very statements (EXPLAIN ANALYZE, BUFFERS)."""
+    with statements_run(test.app) as statements:
+        test.assertEqual(test.call("GET", path).status_code, 200)
+    test.assertTrue(statements)
+    read_rows = read_pages = 0
+    with test.app.app_context():
+        connection = db.engine.raw_connection()  # no parameters: the % of a LIKE stays as it is
+        try:
+            with connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+                    plan = cursor.fetchone()[0][0]["Plan"]
+                    read_rows += _scanned(plan)
+                    read_pages += plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]  # with its children's
+        finally:
+            connection.close()
+    return read_rows, read_pages
+
+
+def _scanned(node):
+    """Rows a plan node's scans read (kept or filtered out), with its children's."""
+    rows = 0
+    if "Scan" in node["Node Type"]:
+        kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        rows = (kept + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
+    return rows + sum(_scanned(child) for child in node.get("Plans", []))
