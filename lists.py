@@ -183,7 +183,7 @@ class Listing:
         after = None
         if "cursor" in args:
             if "page" in args:
-                raise BadRequest("invalid query parameters: send either page or cursor, not both")
+                raise invalid_query(page="Send either page or cursor, not both.")
             criteria, after = self._read_cursor(args, list_key, criteria)
         terms = criteria["sort"]
         filters = tuple(name for name in self.columns.filters if name in criteria)
@@ -234,7 +234,7 @@ class Listing:
         cursor = decode_cursor(args["cursor"])
         try:
             if cursor["list"] != list_key:
-                raise BadRequest("invalid query parameters: cursor: it belongs to another list")
+                raise invalid_query(cursor="It belongs to another list.")
             # The criteria travel in their query-string form: the list's own
             # query schema reads them back, as it read them the first time
             # (but `sort`, which a list that takes no ?sort= carries too).
@@ -244,13 +244,14 @@ class Listing:
             keys = [self.columns.sort_keys[key] for key, _ in criteria["sort"]]
             after = [key.from_json(value) for key, value in zip(keys, cursor["after"], strict=True)]
         except (KeyError, TypeError, ValueError, AttributeError, ValidationError):
-            raise BadRequest("invalid query parameters: cursor: not a cursor of this list") from None
+            raise invalid_query(cursor="Not a cursor of this list.") from None
         contradicted = [name for name in sent if name in args and _differs(name, sent[name], criteria.get(name))]
         if contradicted:
-            raise BadRequest(
-                f"invalid query parameters: {', '.join(contradicted)}: the cursor continues a list with other "
-                "filters, search or sort; send the cursor alone (or with per_page)"
+            contradiction = (
+                "The cursor continues a list with other filters, search or sort; send the cursor alone (or with "
+                "per_page)."
             )
+            raise invalid_query(**dict.fromkeys(contradicted, contradiction))
         return criteria, after
 
     def _bound(self):
@@ -293,9 +294,9 @@ class Listing:
             statement = self._statement("exists", *shape)
             holds_items = connection.execute(statement, {**parameters, "offset": window}).first() is not None
         if holds_items:
-            raise BadRequest(
-                f"invalid query parameters: page: pages reach the first {window:,} "
-                "items; to go further, follow next_cursor (or the Link header) with ?cursor="
+            raise invalid_query(
+                page=f"Pages reach the first {window:,} items; to go further, follow next_cursor (or the Link "
+                "header) with ?cursor=."
             )
         return Page([], total if exact else self._bound(), exact, None)
 
@@ -452,6 +453,14 @@ def _mac(payload):
     return hmac.new(current_app.extensions["cursor_key"], payload, hashlib.sha256).digest()[:16]
 
 
+def invalid_query(**messages):
+    """A 400 naming query parameters and what is wrong with each, in the shape
+    of the query schema's own (errors by parameter, each named in the message)."""
+    error = BadRequest()
+    error.data = {"messages": {"query": {name: [message] for name, message in messages.items()}}}
+    return error
+
+
 def encode_cursor(content):
     payload = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
     return f"{_b64(payload)}.{_b64(_mac(payload))}"
@@ -462,15 +471,15 @@ def decode_cursor(cursor):
         payload_text, mac_text = cursor.split(".")
         payload, mac = _unb64(payload_text), _unb64(mac_text)
     except (ValueError, binascii.Error):
-        raise BadRequest("invalid query parameters: cursor: malformed") from None
+        raise invalid_query(cursor="Malformed.") from None
     if not hmac.compare_digest(mac, _mac(payload)):
-        raise BadRequest("invalid query parameters: cursor: not one this API made (altered or truncated)")
+        raise invalid_query(cursor="Not one this API made (altered or truncated).")
     try:
         content = json.loads(payload)
     except ValueError:  # pragma: no cover (only a cursor this API signed gets here)
-        raise BadRequest("invalid query parameters: cursor: malformed") from None
+        raise invalid_query(cursor="Malformed.") from None
     if not isinstance(content, dict):  # pragma: no cover
-        raise BadRequest("invalid query parameters: cursor: malformed")
+        raise invalid_query(cursor="Malformed.")
     return content
 
 
