@@ -12,7 +12,7 @@ from sqlalchemy import delete, insert
 
 import writes
 from models import Actor, AuditEvent, Casting, Movie, db
-from testing import ACTOR, MOVIE, ApiTestCase, assert_flat_cost, copy_rows, read_by
+from testing import ACTOR, MOVIE, ApiTestCase, assert_flat_cost, copy_rows, read_by, replay
 
 
 class AuditTestCase(ApiTestCase):
@@ -486,43 +486,6 @@ def walk(test):
         events += body["events"]
         path = f"/audit?cursor={body['next_cursor']}&per_page=100" if body["next_cursor"] else None
     return list(reversed(events))
-
-
-def replay(events):
-    """The tables that these events, applied in order to empty ones, leave."""
-    tables = {"actors": {}, "movies": {}, "castings": {}}
-    for event in events:
-        table = tables[event["resource"]]
-        if event["resource"] == "castings":
-            key = (event["movie_id"], event["actor_id"])
-            if event["action"] == "cast":
-                table[key] = {"movie_id": key[0], "actor_id": key[1], "character": event["changes"]["character"][1]}
-            else:
-                del table[key]
-            continue
-        key = (event["resource_id"],)
-        if event["action"] == "create":
-            table[key] = {"id": key[0], **event["changes"]}
-        elif event["action"] == "update":
-            table[key].update({name: new for name, (_old, new) in event["changes"].items()})
-        else:
-            del table[key]
-            # The castings that went with it are not recorded one by one: the
-            # delete lists them, each by its other side.
-            side, other = ("movie_id", "actor_id") if event["resource"] == "movies" else ("actor_id", "movie_id")
-            gone = sorted(pair for pair, casting in tables["castings"].items() if casting[side] == key[0])
-            removed = sorted(
-                (
-                    {other: tables["castings"][pair][other], "character": tables["castings"][pair]["character"]}
-                    for pair in gone
-                ),
-                key=lambda casting: casting[other],
-            )
-            if event["changes"]["castings"] != removed:
-                raise AssertionError(f"the delete lists {event['changes']['castings']}, it removed {removed}")
-            for pair in gone:
-                del tables["castings"][pair]
-    return tables
 
 
 def _dated(row):

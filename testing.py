@@ -11,6 +11,7 @@ import io
 import os
 import tempfile
 import unittest
+import uuid
 from unittest import mock
 
 from flask_migrate import upgrade
@@ -258,3 +259,56 @@ def _scanned(node):
         kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
         rows = (kept + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
     return rows + sum(_scanned(child) for child in node.get("Plans", []))
+
+
+# --- rows for the tests of deployed servers, which share a database ---------------
+
+
+def tag():
+    """A unique word, so that tests sharing a database find their own rows."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def actor(name, age=40, gender="Female"):
+    return {"name": name, "age": age, "gender": gender}
+
+
+def movie(title, release_date="2021-10-15"):
+    return {"title": title, "release_date": release_date}
+
+
+def replay(events):
+    """The tables that these events, applied in order to empty ones, leave."""
+    tables = {"actors": {}, "movies": {}, "castings": {}}
+    for recorded in events:
+        table = tables[recorded["resource"]]
+        if recorded["resource"] == "castings":
+            key = (recorded["movie_id"], recorded["actor_id"])
+            if recorded["action"] == "cast":
+                table[key] = {"movie_id": key[0], "actor_id": key[1], "character": recorded["changes"]["character"][1]}
+            else:
+                del table[key]
+            continue
+        key = (recorded["resource_id"],)
+        if recorded["action"] == "create":
+            table[key] = {"id": key[0], **recorded["changes"]}
+        elif recorded["action"] == "update":
+            table[key].update({name: new for name, (_old, new) in recorded["changes"].items()})
+        else:
+            del table[key]
+            # The castings that went with it are not recorded one by one: the
+            # delete lists them, each by its other side.
+            side, other = ("movie_id", "actor_id") if recorded["resource"] == "movies" else ("actor_id", "movie_id")
+            gone = sorted(pair for pair, casting in tables["castings"].items() if casting[side] == key[0])
+            removed = sorted(
+                (
+                    {other: tables["castings"][pair][other], "character": tables["castings"][pair]["character"]}
+                    for pair in gone
+                ),
+                key=lambda casting: casting[other],
+            )
+            if recorded["changes"]["castings"] != removed:
+                raise AssertionError(f"the delete lists {event['changes']['castings']}, it removed {removed}")
+            for pair in gone:
+                del tables["castings"][pair]
+    return tables
