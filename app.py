@@ -9,7 +9,8 @@ owns one concern:
 - auth.py, ratelimit.py: bearer tokens, permissions and the request budgets;
 - api.py: flask-smorest (validation, answers, the OpenAPI description, /docs);
 - resources.py: the routes;
-- errors.py: the JSON error envelope; hooks.py: what every request goes through.
+- errors.py: the JSON error envelope; hooks.py: what every request goes through;
+- metrics.py: what an operator sees (/metrics).
 """
 
 import logging
@@ -27,6 +28,7 @@ from auth import init_auth, token_command
 from config import load_config
 from database import init_database
 from lists import init_lists
+from metrics import init_metrics
 from models import db
 from ratelimit import HEADERS as RATE_LIMIT_HEADERS
 from ratelimit import init_rate_limits
@@ -53,6 +55,7 @@ def create_app(test_config=None):
     errors.register_error_handlers(app)
     hooks.init_hooks(app)
     init_rate_limits(app)
+    init_metrics(app)
 
     app.cli.add_command(token_command)
     app.cli.add_command(seed_command)

@@ -70,6 +70,8 @@ def load_config(app, test_config):
         "RATE_LIMIT": env.get("RATE_LIMIT", "600/minute"),
         "RATE_LIMIT_ANONYMOUS": env.get("RATE_LIMIT_ANONYMOUS", "60/minute"),
         "TRUSTED_PROXY_HOPS": env.get("TRUSTED_PROXY_HOPS", "0"),
+        # Monitoring (metrics.py): /metrics is off without a token.
+        "METRICS_TOKEN": env.get("METRICS_TOKEN"),
         "API_TITLE": "Casting Agency API",
         "API_VERSION": "1.0",
         "OPENAPI_VERSION": "3.1.0",

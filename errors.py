@@ -14,6 +14,7 @@ from flask import g
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
+import metrics
 from database import unavailable
 
 MESSAGES = {
@@ -59,7 +60,9 @@ def _cut(name):
 
 def error_response(e):
     """The envelope of an HTTPException. Starts from the exception's own
-    response so headers such as a 405's Allow survive."""
+    response so headers such as a 405's Allow survive. A refusal (401, 403,
+    429) is counted here, where every one of them is answered."""
+    metrics.count_rejection(e)
     response = e.get_response()
     body = {"success": False, "error": e.code, "message": MESSAGES.get(e.code, e.name.lower())}
     if "description" in vars(e):  # a message we wrote, not Werkzeug's default

@@ -1,7 +1,9 @@
 """What every request goes through, before and after its view: its request id,
-the body's size limit, and the headers every response carries."""
+the body's size limit, the headers every response carries, and what the
+metrics say of it."""
 
 import io
+import re
 import uuid
 
 from flask import g, request
@@ -18,6 +20,7 @@ def init_hooks(app):
     app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)
     app.after_request(security_headers)
+    app.after_request(describe_request)
 
 
 def assign_request_id():
@@ -82,3 +85,33 @@ def security_headers(response):
     # Responses to bearer tokens must stay out of shared caches (the docs page's files set their own).
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+# The WSGI environ's key for what describe_request says of a request.
+DESCRIBED = "casting.request"
+UNMATCHED = "unmatched"  # the route of a request that no route matched
+_TEMPLATES = {}  # a route's rule -> its OpenAPI path template
+
+
+def describe_request(response):
+    """What the request metrics (metrics.py) say of this request, kept in its
+    WSGI environ, where they find it: its id, its route as the OpenAPI
+    description writes it (never the path sent: the series stay bounded), and
+    the token's subject when one verified."""
+    request.environ[DESCRIBED] = {
+        "request_id": g.get("request_id"),
+        "route": route_template(request.url_rule),
+        "subject": g.get("rate_limit_subject") or g.get("claims", {}).get("sub"),
+    }
+    return response
+
+
+def route_template(rule):
+    """The OpenAPI path template of a route's rule: /actors/<id:actor_id> is
+    /actors/{actor_id}. No rule (a 404, a 405): "unmatched"."""
+    if rule is None:
+        return UNMATCHED
+    template = _TEMPLATES.get(rule.rule)
+    if template is None:
+        template = _TEMPLATES[rule.rule] = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+    return template

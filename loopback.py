@@ -401,3 +401,37 @@ class Gunicorn:
                 self.process.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)  # any worker the master left behind
+
+
+def on_sqlite(folder, issuer, **settings):
+    """The environment of a production start on a SQLite file in `folder`,
+    migrated by the Procfile's release command: a server of its own, for tests
+    that need no PostgreSQL (SQLite serves several gunicorn workers' reads)."""
+    env = clean_environment(
+        DATABASE_URL=f"sqlite:///{os.path.join(folder, 'casting.db')}",
+        AUTH0_ISSUER=issuer.issuer,
+        JWKS_URL=issuer.jwks_url,
+        API_AUDIENCE=issuer.audience,
+        RATE_LIMIT="1000000/second",
+        RATE_LIMIT_ANONYMOUS="1000000/second",
+        # gunicorn's control socket goes to $XDG_RUNTIME_DIR (else ~/.gunicorn/): each its own.
+        XDG_RUNTIME_DIR=folder,
+        **settings,
+    )
+    result = run_procfile("release", env)
+    if result.returncode != 0:
+        raise RuntimeError(f"the release command failed: {result.stdout}{result.stderr}")
+    return {**env, "PORT": str(free_port())}
+
+
+def children(pid):
+    """The pids of a process's children (a gunicorn master's workers), from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry))
+    return found
