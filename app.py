@@ -10,10 +10,9 @@ owns one concern:
 - api.py: flask-smorest (validation, answers, the OpenAPI description, /docs);
 - resources.py: the routes;
 - errors.py: the JSON error envelope; hooks.py: what every request goes through;
-- metrics.py: what an operator sees (/metrics).
+- metrics.py, logs.py: what an operator sees (/metrics, the log lines).
 """
 
-import logging
 import weakref
 from inspect import iscoroutinefunction
 
@@ -28,6 +27,7 @@ from auth import init_auth, token_command
 from config import load_config
 from database import init_database
 from lists import init_lists
+from logs import init_logs
 from metrics import init_metrics
 from models import db
 from ratelimit import HEADERS as RATE_LIMIT_HEADERS
@@ -41,7 +41,7 @@ def create_app(test_config=None):
     app = CastingFlask(__name__, static_folder=None, instance_path=(test_config or {}).get("INSTANCE_PATH"))
     load_config(app, test_config)
     app.json.sort_keys = False  # keep "success" first and fields in schema order
-    logging.basicConfig(level=logging.INFO)
+    init_logs(app)
 
     init_database(app)
     init_lists(app)

@@ -87,6 +87,7 @@ def register_error_handlers(app):
             # No bug to trace: the service recovers when the database is back.
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
+        e.hide_parameters = True  # the log keeps the SQL, never the values a client sent
         app.logger.exception("database error, request_id=%s", g.get("request_id"))
         return error_response(InternalServerError())
 

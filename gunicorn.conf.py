@@ -47,8 +47,11 @@ worker_class = "gunicorn_worker.DrainingSyncWorker"
 # Build the app once in the master: a misconfiguration stops the start with
 # one clear error instead of workers failing to boot in a loop.
 preload_app = True
+# Log lines in LOG_FORMAT (logs.py), gunicorn's own too, from start-up to shutdown.
+logger_class = "logs.GunicornLogger"
 # One line per request on stdout, for Heroku's log tools: method, path (never
-# the query string), status, duration and the request id the client also gets.
+# the query string), status, duration and the request id the client also gets
+# (with LOG_FORMAT=json, one JSON object with the same and more: logs.py).
 # No header is logged, so no token is.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms request_id=%({x-request-id}o)s'

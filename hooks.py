@@ -1,6 +1,6 @@
 """What every request goes through, before and after its view: its request id,
-the body's size limit, the headers every response carries, and what the
-metrics say of it."""
+the body's size limit, the headers every response carries, and what the access
+line and the metrics say of it."""
 
 import io
 import re
@@ -94,14 +94,17 @@ _TEMPLATES = {}  # a route's rule -> its OpenAPI path template
 
 
 def describe_request(response):
-    """What the request metrics (metrics.py) say of this request, kept in its
-    WSGI environ, where they find it: its id, its route as the OpenAPI
-    description writes it (never the path sent: the series stay bounded), and
-    the token's subject when one verified."""
+    """What the access line (logs.py, written by gunicorn once the answer is
+    sent) and the request metrics (metrics.py) say of this request, kept in its
+    WSGI environ, where both find it: its id, its route as the OpenAPI
+    description writes it (never the path sent: the series stay bounded), the
+    token's subject when one verified, and the trace id of a valid W3C
+    traceparent."""
     request.environ[DESCRIBED] = {
         "request_id": g.get("request_id"),
         "route": route_template(request.url_rule),
         "subject": g.get("rate_limit_subject") or g.get("claims", {}).get("sub"),
+        "trace_id": trace_id(request.headers.get("traceparent")),
     }
     return response
 
@@ -115,3 +118,19 @@ def route_template(rule):
     if template is None:
         template = _TEMPLATES[rule.rule] = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
     return template
+
+
+# W3C Trace Context, version 00: version-traceid-parentid-flags, lower-case hex.
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+NO_ID = re.compile(r"0+")
+
+
+def trace_id(header):
+    """The trace-id of a valid traceparent header, or None: an invalid one is
+    never echoed (neither id may be all zeros)."""
+    if not header:
+        return None
+    match = TRACEPARENT.fullmatch(header.strip())
+    if match is None or NO_ID.fullmatch(match[1]) or NO_ID.fullmatch(match[2]):
+        return None
+    return match[1]
