@@ -13,7 +13,8 @@ issuer saw during the timed runs. The app's own `GET /` is a row too,
 so its fixed cost per request shows. The rate limits are set out of the way (one
 token sends every request); one more row, GET /actors/<id> at the smallest size
 on a second server whose limits count in a redis-server the bench starts, gives
-their cost.
+their cost; two more, GET /actors/<id> and the page of 20 at the smallest size
+on a third server with metrics and JSON logs on, give theirs.
 
 With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
 samples the gunicorn workers from outside; the hottest packages and functions
@@ -36,6 +37,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -109,7 +111,8 @@ class Operation:
     least_share: float | None = None  # of the bare Flask app's requests/s
     most_ratio: float | None = None  # p50 at a size over the p50 at the smallest
     compared_with: str | None = None  # p50 over this operation's at the same size, at most most_ratio
-    server: str = "api"  # which of the run's servers: "bare", "api" or "limited" (see main)
+    keeps: str | None = None  # its share of the bare app is at least KEEPS of this operation's, same size
+    server: str = "api"  # which of the run's servers: "bare", "api", "limited" or "observed" (see main)
     script: str = "get.lua"  # the wrk script in bench/
 
 
@@ -139,7 +142,24 @@ OPERATIONS = [
     Operation("post_actor", "POST /actors", None, None, 1.3, script="post_actor.lua"),  # last: it grows the table
     # At the smallest size only: the rate limits counted in a Redis the bench starts, as in production.
     Operation("get_actor_redis", "GET /actors/<id>, limits counted in Redis", "/actors/{actor}", server="limited"),
+    # At the smallest size only: the same server with /metrics on (every request counted) and JSON logs.
+    Operation(
+        "get_actor_observed",
+        "GET /actors/<id>, metrics and JSON logs on",
+        "/actors/{actor}",
+        keeps="get_actor",
+        server="observed",
+    ),
+    Operation(
+        "list_actors_observed",
+        "GET /actors (page of 20), metrics and JSON logs on",
+        "/actors",
+        keeps="list_actors",
+        server="observed",
+    ),
 ]
+KEEPS = 0.90  # what metrics and JSON logs may cost: a tenth of an operation's share, at most
+SMALLEST_ONLY = {"limited", "observed"}  # servers whose operations run at the smallest size only
 
 if ONLY - {op.name for op in OPERATIONS}:  # a misspelt name would run the baseline alone
     sys.exit(
@@ -462,6 +482,10 @@ def table(results):
             misses = []
             if op.least_share is not None and share < op.least_share:
                 misses.append(f"share < {op.least_share:.0%}")
+            if op.keeps and (op.keeps, size) in results:
+                kept = share / (results[(op.keeps, size)]["rps"] / results[("bare", size)]["rps"])
+                if kept < KEEPS:
+                    misses.append(f"{kept:.0%} of {op.keeps}'s share < {KEEPS:.0%}")
             if ratio is not None and op.most_ratio is not None and ratio > op.most_ratio:
                 misses.append(f"p50 > {op.most_ratio}x")
             if r["non2xx"] or r["socket_errors"]:
@@ -535,7 +559,9 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
   an Executive Producer's RS256 token checked against a JWKS served on loopback. wrk, gunicorn and
   PostgreSQL share the machine's CPUs. Rate limits out of the way (budgets of 10^8 a second), counted in
   each worker's memory, except for "limits in Redis": the same server with `REDIS_URL` set to a
-  redis-server on 127.0.0.1 (a Redis round trip per count and per header).
+  redis-server on 127.0.0.1 (a Redis round trip per count and per header). "metrics and JSON logs on":
+  the same server with `METRICS_TOKEN` set (every request counted, in prometheus-client's multiprocess
+  files) and `LOG_FORMAT=json` (the access line a JSON object).
 - "of bare Flask": requests/s as a share of the bare Flask app's `GET /` (bench/bare.py: one route, a
   constant; the same gunicorn, `gunicorn.conf.py` and workers) at the same size in the same run.
   "p50 vs {min(SIZES):,}": the p50 at that size over the p50 at {min(SIZES):,} actors.
@@ -546,7 +572,8 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 - Targets: GET by id >= 50% of the bare Flask app, the counted page >= 40%, the one-match search and the
   cast list >= 35%; p50 at every size within 2x of
   {min(SIZES):,} for every list, 1.3x for GET by id and the writes; the walk's page {WALK_PAGE} within 1.3x of
-  its page 1 at the same size; no non-2xx, no JWKS fetch after the warm-up. The window's last page
+  its page 1 at the same size; with metrics and JSON logs on, by id and the page each keep {KEEPS:.0%} of their
+  share with them off; no non-2xx, no JWKS fetch after the warm-up. The window's last page
   (items 9,901 to 10,000) has no target: it is empty at 1,000 actors and reads 10,000 rows at any larger size.
 {notes}
 
@@ -579,6 +606,10 @@ def main():
             servers["limited"] = start_server(
                 app_environment(issuer, REDIS_URL=redis_url, RATE_LIMIT="100000000/hour"),
                 run_dir / "gunicorn-limited.log",
+            )
+            servers["observed"] = start_server(
+                app_environment(issuer, METRICS_TOKEN=secrets.token_urlsafe(), LOG_FORMAT="json"),
+                run_dir / "gunicorn-observed.log",
             )
             servers["bare"] = start_server(
                 app_environment(issuer), run_dir / "gunicorn-bare.log", app="bench.bare:create_app()"
@@ -622,10 +653,10 @@ def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
     deep_walk = walk_cursor(base, token, WALK_PAGE)
     for op in OPERATIONS:
         path = deep_walk if op.name == "walk_deep" else op.path
-        if (op.name == "walk_deep" and path is None) or (op.server == "limited" and size != min(SIZES)):
+        if (op.name == "walk_deep" and path is None) or (op.server in SMALLEST_ONLY and size != min(SIZES)):
             continue
         if ONLY and op.name not in ONLY | {"bare"}:
-            continue  # the walk is shorter than WALK_PAGE pages at this size; Redis at the smallest size only
+            continue  # the walk is shorter than WALK_PAGE pages at this size; Redis etc. at the smallest size only
         server = servers[op.server]
         op_base = f"http://127.0.0.1:{server.port}"
         run_env = dict(env, BENCH_PATH=path or "")
