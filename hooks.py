@@ -100,11 +100,12 @@ def describe_request(response):
     description writes it (never the path sent: the series stay bounded), the
     token's subject when one verified, and the trace id of a valid W3C
     traceparent."""
-    request.environ[DESCRIBED] = {
+    environ = request.environ
+    environ[DESCRIBED] = {
         "request_id": g.get("request_id"),
         "route": route_template(request.url_rule),
         "subject": g.get("rate_limit_subject") or g.get("claims", {}).get("sub"),
-        "trace_id": trace_id(request.headers.get("traceparent")),
+        "trace_id": trace_id(environ.get("HTTP_TRACEPARENT")),  # the header, without Werkzeug's lookup
     }
     return response
 
