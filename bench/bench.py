@@ -180,6 +180,7 @@ def app_environment(issuer, **extra):
     limits are out of the way (one token sends every request), counted in each worker's memory unless
     `extra` sets REDIS_URL."""
     env = dict(os.environ, DATABASE_URL=DATABASE_URL, AUTH0_DOMAIN="", AUTH0_ISSUER=ISSUER)
+    env.setdefault("SECRET_KEY", "the benchmark's")  # a production start refuses to run without one
     env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", REDIS_URL="")
     env.update(RATE_LIMIT="100000000/second", RATE_LIMIT_ANONYMOUS="100000000/second", TRUSTED_PROXY_HOPS="0")
     env.update(extra)
