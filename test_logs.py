@@ -165,6 +165,15 @@ class LogFormatTest(unittest.TestCase):
         [line] = (result.stdout + result.stderr).strip().splitlines()
         self.assertRegex(line, r"^Error: LOG_FORMAT must be text or json, not 'bogus'$")
 
+    def test_with_json_a_refused_start_is_json_too(self):
+        with tempfile.TemporaryDirectory() as folder:
+            env = on_sqlite(folder, testing.ISSUER_ON_LOOPBACK, TMPDIR=folder)
+            result = run_procfile("web", {**env, "LOG_FORMAT": "json", "SECRET_KEY": ""}, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]  # each line JSON
+        [refusal] = [entry for entry in entries if entry["level"] == "error"]
+        self.assertRegex(refusal["message"], "^Error: SECRET_KEY is not set")
+
 
 class GunicornLoggerTest(unittest.TestCase):
     """What gunicorn answers without the app: counted, and in JSON an access line."""
