@@ -10,14 +10,20 @@ Blueprint API.
   compiled from the schemas (schemas.dumper).
 - `protected`, `json_body`, `list_query`, `documented_errors`: what an
   operation needs and answers, in the code and in its description at once.
+- `sign_in`: how /docs' Authorize dialog gets a token (Auth0, or the local
+  issuer's pages in local_signin.py), in the description and in Swagger UI's
+  settings; with neither, bearer tokens only.
 """
 
 import functools
 import http
 import json
+from typing import NamedTuple
+from urllib.parse import urljoin
 
+from apispec import BasePlugin
 from apispec.ext.marshmallow import MarshmallowPlugin, resolve_schema_cls
-from flask import Response, jsonify
+from flask import Response, current_app, jsonify, request
 from flask_smorest import Api, Blueprint
 from flask_smorest.utils import (
     resolve_schema_instance,
@@ -30,29 +36,39 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from werkzeug.routing import BaseConverter
 
 import etags
+import local_signin
 import schemas
-from auth import requires_auth
+from auth import LocalIssuer, requires_auth
 from errors import MESSAGES
 from models import MAX_ID
-from ratelimit import rate_limited
 
 
 def init_api(app):
     """The Api (its description at /openapi.json), the `id` converter for
-    paths, the bearer scheme, and Swagger UI at /docs from the package's own
+    paths, the security schemes, and Swagger UI at /docs from the package's own
     files (offline). The routes' blueprints are registered by the factory."""
     app.url_map.converters["id"] = IdConverter
-    api = CastingApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin()})
+    signin = sign_in(app)
+    api = CastingApi(
+        app,
+        spec_kwargs={
+            "marshmallow_plugin": SchemaPlugin(),
+            "extra_plugins": [SignInAlternative()] if signin else [],
+            "info": {"description": getting_a_token(app, signin)},
+        },
+    )
     api.register_converter(IdConverter, lambda converter: {"type": "integer", "minimum": 0})
-    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api.spec.components.security_scheme(BEARER, {**BEARER_SCHEME, "description": bearer_description(app, signin)})
+    if signin:
+        api.spec.components.security_scheme(SIGN_IN, sign_in_scheme(signin))
+        # flask-smorest's /openapi.json, with the sign-in's URLs in full.
+        app.view_functions[DESCRIPTION_ENDPOINT] = functools.partial(description, api)
     _error_examples(api.spec.components.responses_lazy)
     # The lists carry their pages in the body, not in flask-smorest's
     # X-Pagination header, whose schema would only puzzle a reader of /docs.
     api.spec.components.headers_lazy.pop("PAGINATION", None)
     api.spec.components.schemas.pop("PaginationMetadata", None)
-    app.register_blueprint(
-        get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": app.config["API_TITLE"]})
-    )
+    app.register_blueprint(docs_blueprint(app, signin))
     return api
 
 
@@ -183,6 +199,150 @@ class SchemaPlugin(MarshmallowPlugin):
         return {**described, **getattr(resolve_schema_cls(schema), "openapi_extra", {})}
 
 
+# --- signing in from /docs ----------------------------------------------------
+
+BEARER = "bearerAuth"
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+SIGN_IN = "oauth2"
+
+
+class SignIn(NamedTuple):
+    """How /docs' Authorize dialog signs a person in: the authorization code
+    flow with PKCE, at an issuer's endpoints, for the API's audience."""
+
+    issuer: str  # in words, for the description
+    authorization_url: str
+    token_url: str
+    client_id: str
+    audience: str
+
+
+def sign_in(app):
+    """The sign-in of /docs, or None (bearer tokens only): the local issuer's
+    own endpoints while it is in use; Auth0's with AUTH0_DOMAIN and
+    AUTH0_CLIENT_ID (a Single Page Application) set. Another issuer
+    (AUTH0_ISSUER and JWKS_URL without AUTH0_DOMAIN) gets bearer only: where
+    its authorization endpoint is, and whether it takes `audience`, is not
+    known without asking it (OpenID discovery, a network call at start)."""
+    verifier = app.extensions["auth"]
+    if isinstance(verifier.keys, LocalIssuer):
+        urls = (local_signin.AUTHORIZE_URL, local_signin.TOKEN_URL)
+        return SignIn("this server (the local issuer)", *urls, local_signin.CLIENT_ID, verifier.audience)
+    domain, client_id = app.config.get("AUTH0_DOMAIN"), app.config.get("AUTH0_CLIENT_ID")
+    if domain and client_id:
+        base = f"https://{domain}"
+        return SignIn(f"Auth0 ({domain})", f"{base}/authorize", f"{base}/oauth/token", client_id, verifier.audience)
+    return None
+
+
+def sign_in_scheme(signin):
+    """The OpenAPI security scheme of the sign-in. No scopes: Auth0's RBAC puts
+    the role's permissions in the access token, and the local issuer does too."""
+    flow = {"authorizationUrl": signin.authorization_url, "tokenUrl": signin.token_url, "scopes": {}}
+    return {
+        "type": "oauth2",
+        "description": f"Sign in with {signin.issuer}: the authorization code flow with PKCE (S256), "
+        f"for the audience `{signin.audience}`.",
+        "flows": {"authorizationCode": flow},
+    }
+
+
+DESCRIPTION_ENDPOINT = "api-docs.openapi_json"
+
+
+def description(api):
+    """The OpenAPI description, the sign-in's URLs absolute: the local
+    issuer's are this server's, on the origin the request reached (OpenAPI's
+    schema wants URLs there, and a client reading the description elsewhere
+    than /docs could not tell what a bare path is relative to)."""
+    spec = api.spec.to_dict()
+    components = spec["components"]  # a new dict, but its sections are apispec's own: replaced, never changed
+    scheme = components["securitySchemes"][SIGN_IN]
+    flow = scheme["flows"]["authorizationCode"]
+    urls = {name: urljoin(request.host_url, flow[name]) for name in ("authorizationUrl", "tokenUrl")}
+    scheme = {**scheme, "flows": {"authorizationCode": {**flow, **urls}}}
+    spec["components"] = {**components, "securitySchemes": {**components["securitySchemes"], SIGN_IN: scheme}}
+    return current_app.response_class(json.dumps(spec, indent=2), mimetype="application/json")
+
+
+class SignInAlternative(BasePlugin):
+    """Every operation that takes a bearer token takes one from the sign-in
+    too: its security requirements list both, either will do."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            requirements = operation.get("security", [])
+            if {BEARER: []} in requirements:
+                operation["security"] = [*requirements, {SIGN_IN: []}]  # a new list: the view's doc stays as it was
+
+
+def getting_a_token(app, signin):
+    """The description's introduction: which token each operation needs, and
+    how to get one in this configuration (Markdown, shown atop /docs)."""
+    needs = (
+        "Every operation but `GET /` and `GET /health` needs a bearer token (a JWT) that carries the "
+        "operation's permission; each operation names it. Press **Authorize** to give one; it is kept "
+        "across reloads of this page."
+    )
+    verifier = app.extensions["auth"]
+    if isinstance(verifier.keys, LocalIssuer):
+        how = (
+            "This server is its own token issuer (no Auth0 tenant is configured), so signing in works "
+            "offline: under `oauth2`, press *Authorize* and choose a role (Casting Assistant, Casting "
+            "Director or Executive Producer). Or run `flask token ROLE` in the project folder (e.g. "
+            "`.venv/bin/flask token casting-director`) and paste the token under `bearerAuth`. With an Auth0 "
+            "tenant configured (`AUTH0_DOMAIN`), tokens come from Auth0 instead."
+        )
+    elif signin:
+        how = (
+            f"Tokens come from {signin.issuer}: under `oauth2`, press *Authorize* and sign in on Auth0's "
+            "page; the token carries your roles' permissions. Or paste an Auth0 access token for the "
+            f"audience `{signin.audience}` under `bearerAuth`. (`flask token ROLE` gives tokens only "
+            "when no issuer is configured: the local issuer.)"
+        )
+    else:
+        how = (
+            f"Tokens come from {issuer_in_words(app)} for the audience `{verifier.audience}`: get an access "
+            "token there (on Auth0, an application's login with that `audience`, or the API's *Test* tab) and paste it "
+            "under `bearerAuth`. Signing in from this page needs an Auth0 tenant and a Single Page "
+            "Application (`AUTH0_DOMAIN` and `AUTH0_CLIENT_ID`). (`flask token ROLE` gives tokens only "
+            "when no issuer is configured: the local issuer.)"
+        )
+    return f"{needs}\n\n**Getting a token.** {how}"
+
+
+def bearer_description(app, signin):
+    verifier = app.extensions["auth"]
+    if isinstance(verifier.keys, LocalIssuer):
+        return "A token of this server's local issuer: `flask token ROLE` prints one, or sign in under `oauth2`."
+    where = "; signing in under `oauth2` gets one" if signin else ""
+    source = issuer_in_words(app)
+    return f"An access token of {source} for the audience `{verifier.audience}` (not `flask token ROLE`){where}."
+
+
+def issuer_in_words(app):
+    domain = app.config.get("AUTH0_DOMAIN")
+    return f"Auth0 ({domain})" if domain else f"the issuer `{app.extensions['auth'].issuer}`"
+
+
+def docs_blueprint(app, signin):
+    """Swagger UI at /docs, from the package's own files (offline), its
+    redirect page for signing in at /docs/oauth2-redirect.html. The token is
+    kept across reloads; no "Explore" bar (this page shows one description)."""
+    config = {"app_name": app.config["API_TITLE"], "persistAuthorization": True, "layout": "BaseLayout"}
+    oauth = None
+    if signin:
+        oauth = {
+            "clientId": signin.client_id,
+            "usePkceWithAuthorizationCodeGrant": True,
+            "additionalQueryStringParams": {"audience": signin.audience},
+        }
+    return get_swaggerui_blueprint(DOCS_URL, "/openapi.json", config=config, oauth_config=oauth)
+
+
+DOCS_URL = "/docs"
+
+
 # What /docs shows for an error of each status: an answer the API gives.
 ERROR_EXAMPLES = {
     400: {
@@ -206,19 +366,19 @@ def error_example(status, **fields):
 
 
 def protected(blp, permission):
-    """requires_auth(permission) after the rate limits, and the same facts in the
-    OpenAPI description: the bearer scheme, the permission (in `x-permission`
+    """requires_auth(permission) (with the rate limits), and the same facts in the
+    OpenAPI description: the bearer scheme (and the sign-in's), the permission (in `x-permission`
     and in words) and the 401, 403, 429 and 503 (no keys from the issuer) answers."""
 
     def decorator(view):
         documented = blp.doc(
-            security=[{"bearerAuth": []}],
+            security=[{BEARER: []}],
             description=f"Needs a bearer token with the `{permission}` permission.",
             **{"x-permission": permission},
         )(view)
         forbidden = error_example(403, message=f"permission '{permission}' is required")
         documented = documented_errors(blp, 401, 403, 429, 503, examples={403: forbidden})(documented)
-        return rate_limited(requires_auth(permission)(documented))
+        return requires_auth(permission)(documented)
 
     return decorator
 

@@ -8,6 +8,7 @@ owns one concern:
   write and its audit event atomically, lists that stay flat at scale);
 - auth.py, ratelimit.py: bearer tokens, permissions and the request budgets;
 - api.py: flask-smorest (validation, answers, the OpenAPI description, /docs);
+- local_signin.py: signing in from /docs while the app is its own issuer;
 - resources.py: the routes;
 - errors.py: the JSON error envelope; hooks.py: what every request goes through;
 - metrics.py, logs.py: what an operator sees (/metrics, the log lines).
@@ -27,6 +28,7 @@ from auth import init_auth, token_command
 from config import load_config
 from database import init_database
 from lists import init_lists
+from local_signin import init_local_signin
 from logs import init_logs
 from metrics import init_metrics
 from models import db
@@ -47,6 +49,7 @@ def create_app(test_config=None):
     init_lists(app)
     Migrate(app, db, render_as_batch=True)  # batch mode: SQLite cannot ALTER most things
     init_auth(app)
+    init_local_signin(app)
     init_cors(app)
 
     api = init_api(app)
@@ -63,11 +66,17 @@ def create_app(test_config=None):
 
 
 def init_cors(app):
-    """Cross-origin browsers, for the origins CORS_ORIGINS lists (none by default)."""
+    """Cross-origin browsers, for the origins CORS_ORIGINS lists (none by
+    default): a front-end there can do what curl does, conditional requests
+    included (If-Match, If-None-Match, and the ETag they name)."""
     origins = [o.strip() for o in app.config["CORS_ORIGINS"].split(",") if o.strip()]
     if origins:
-        exposed = ["Location", *RATE_LIMIT_HEADERS]
-        CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"], expose_headers=exposed)
+        CORS(app, origins=origins, allow_headers=CORS_REQUEST_HEADERS, expose_headers=CORS_EXPOSED_HEADERS)
+
+
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match"]
+# A browser lets a page read only the CORS-safelisted response headers and these.
+CORS_EXPOSED_HEADERS = ["ETag", "Link", "Location", "X-Request-ID", *RATE_LIMIT_HEADERS]
 
 
 class CastingFlask(Flask):

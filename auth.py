@@ -1,16 +1,20 @@
 """Bearer-token authentication and permission checks.
 
-Every protected endpoint is wrapped in `requires_auth(permission)`. A token is
+Every protected endpoint is wrapped in `requires_auth(permission)`, the one
+authentication step: the rate limits' address budget, the token, the limits'
+subject budget, then the permission (`authenticate`). A token is
 accepted only if it is an RS256 JWT whose `kid` names a key of the issuer's
 key set, whose signature verifies, whose `iss` and `aud` match the
-configuration and whose `exp` (required) and `nbf` (when present) hold; then
-its `permissions` claim (where Auth0 RBAC puts them) must hold the endpoint's
+configuration, whose `exp` (required) and `nbf` (when present) hold, and whose
+`sub` is a string of 1 to 255 characters (each write records it); then its
+`permissions` claim (where Auth0 RBAC puts them) must hold the endpoint's
 permission. The checklist is RFC 8725's.
 
 Keys come from one of two sources behind the same verification code:
 
 * `JWKSKeys`: the issuer's published JWKS (Auth0, or any issuer), fetched with
-  a timeout and cached; an unknown `kid` refetches at most once per interval.
+  a timeout and cached; an unknown `kid`, or a set older than JWKS_CACHE_TTL,
+  refetches it, at most once per interval.
 * `LocalIssuer`: with no issuer configured, an RSA key kept in the instance
   folder, so a newcomer has a working, authenticated API offline. It also
   signs the tokens that `flask token ROLE` prints.
@@ -53,6 +57,9 @@ PERMISSIONS = _PRODUCER
 
 LOCAL_ISSUER = "urn:casting-agency:local-issuer"
 LOCAL_AUDIENCE = "casting-agency"
+# A token's `sub` is recorded by every write (the audit trail's subject column
+# holds 255 characters) and keys its rate-limit budget.
+MAX_SUBJECT = 255
 
 
 class AuthError(Unauthorized):
@@ -73,38 +80,62 @@ class IssuerUnavailable(ServiceUnavailable):
 class JWKSKeys:
     """The issuer's JWKS, fetched on first use and cached in the process.
 
-    A `kid` not in the cache triggers a refetch, but at most one per
-    `min_interval` seconds (fetch failures included), so no stream of forged
-    `kid`s can make the API hammer the issuer, while a rotated key is picked up.
-    When a refetch fails the cached keys keep serving.
+    A `kid` not in the cache triggers a refetch, and so does a cached set older
+    than `max_age` seconds (JWKS_CACHE_TTL), so that a key the issuer has
+    withdrawn (a revoked one) stops being trusted; but there is at most one
+    fetch per `min_interval` seconds (failures included), so no stream of
+    forged `kid`s can make the API hammer the issuer, while a rotated key is
+    picked up. When a refetch fails the cached keys keep serving.
     """
 
-    def __init__(self, url, timeout=5.0, min_interval=30.0):
+    def __init__(self, url, timeout=5.0, min_interval=30.0, max_age=600.0):
         self.url = url
         self.timeout = timeout
         self.min_interval = min_interval
+        self.max_age = max_age
         self._keys = {}
-        self._fetched_at = None
+        self._fetched_at = None  # when the cached set was fetched
+        self._tried_at = None  # the last fetch, whether it worked or not
         self._lock = threading.Lock()
 
     def known(self, kid):
-        """Whether `kid` is in the cached key set (never fetches)."""
-        return kid in self._keys
+        """Whether `kid` is in the key set (refetched first if it is too old)."""
+        return kid in self._current()
 
     def get(self, kid):
-        key = self._keys.get(kid)
+        key = self._current().get(kid)
         if key is not None:
             return key
         with self._lock:  # one refetch at a time; the others then see its result
             key = self._keys.get(kid)
-            now = time.monotonic()
-            if key is None and (self._fetched_at is None or now - self._fetched_at >= self.min_interval):
-                self._fetched_at = now
+            if key is None and self._may_fetch():
                 self._refresh()
                 key = self._keys.get(kid)
         if key is None and not self._keys:
             raise IssuerUnavailable("the token issuer's keys cannot be fetched")
         return key
+
+    def _current(self):
+        """The cached key set, refetched first once it is older than max_age.
+        Meanwhile the other threads go on with the cached set rather than wait."""
+        if self._stale() and self._lock.acquire(blocking=False):
+            try:
+                if self._stale() and self._may_fetch():
+                    self._refresh()
+            finally:
+                self._lock.release()
+        return self._keys
+
+    def _stale(self):
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at >= self.max_age
+
+    def _may_fetch(self):
+        """Whether the interval since the last fetch allows another (which the caller then makes)."""
+        now = time.monotonic()
+        if self._tried_at is not None and now - self._tried_at < self.min_interval:
+            return False
+        self._tried_at = now
+        return True
 
     def _refresh(self):
         try:
@@ -122,6 +153,7 @@ class JWKSKeys:
             return
         metrics.count_jwks_fetch(succeeded=True)
         self._keys = keys
+        self._fetched_at = time.monotonic()
 
 
 class LocalIssuer:
@@ -152,6 +184,12 @@ class LocalIssuer:
         }
         return jwt.encode(claims, self._private_key, algorithm="RS256", headers={"kid": self.kid})
 
+    def role_token(self, role, lifetime):
+        """A token for a role (a key of ROLES): its permissions, and one subject
+        per role (`local|casting-director`), so that a role has one audit
+        subject and one rate-limit budget, however its name was spelt."""
+        return self.mint(ROLES[role], lifetime, subject="local|" + role.lower().replace(" ", "-"))
+
 
 def _load_or_create_key(path):
     def new_key():
@@ -173,12 +211,14 @@ def _thumbprint(public_key):
 
 # --- verification -------------------------------------------------------------
 
+INVALID_SUBJECT = f"token subject (sub) must be a string of 1 to {MAX_SUBJECT} characters"
 _DECODE_ERRORS = [  # most specific first: several are subclasses of others
     (jwt.ExpiredSignatureError, "token_expired", "token has expired"),
     (jwt.ImmatureSignatureError, "token_not_yet_valid", "token is not valid yet"),
     (jwt.InvalidAudienceError, "invalid_audience", "token audience is invalid"),
     (jwt.InvalidIssuerError, "invalid_issuer", "token issuer is invalid"),
     (jwt.InvalidSignatureError, "invalid_signature", "token signature is invalid"),
+    (jwt.exceptions.InvalidSubjectError, "invalid_claims", INVALID_SUBJECT),
     (jwt.DecodeError, "malformed_token", "token is malformed"),
 ]
 
@@ -186,7 +226,8 @@ _DECODE_ERRORS = [  # most specific first: several are subclasses of others
 class Verifier:
     # A client sends the same token with every request until it expires, and an
     # RS256 verification is most of an authenticated request's cost: a verified
-    # token is remembered until its `exp`, while its key is still published.
+    # token is remembered until its `exp`, while its key is in the key set
+    # (which is refetched once it is older than JWKS_CACHE_TTL).
     CACHE_SIZE = 4096
 
     def __init__(self, keys, issuer, audience):
@@ -197,7 +238,7 @@ class Verifier:
 
     def cached(self, token):
         """The claims of a token verified before that still holds (its `exp` is
-        ahead, its key still published), or None. Costs no signature check."""
+        ahead, its key still in the key set), or None. Costs no signature check."""
         cached = self._verified.get(token)
         if cached is None:
             return None
@@ -238,7 +279,7 @@ class Verifier:
                 algorithms=ALGORITHMS,
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": ["exp", "iss", "aud"]},
+                options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError("missing_claim", f"token lacks the required claim '{exc.claim}'") from None
@@ -247,6 +288,8 @@ class Verifier:
                 if isinstance(exc, error):
                     raise AuthError(code, message) from None
             raise AuthError("invalid_token", "token is invalid") from None
+        if not 0 < len(claims["sub"]) <= MAX_SUBJECT:  # PyJWT has checked that it is a string
+            raise AuthError("invalid_claims", INVALID_SUBJECT)
         return claims, kid
 
 
@@ -261,21 +304,44 @@ def bearer_token():
 
 
 def requires_auth(permission):
-    """Allow the view only to a valid token carrying `permission`."""
+    """Allow the view only to a valid token carrying `permission` (authenticate)."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            claims = current_app.extensions["auth"].verify(bearer_token())
-            permissions = claims.get("permissions")
-            if not isinstance(permissions, list) or permission not in permissions:
-                raise Forbidden(f"permission '{permission}' is required")
-            g.claims = claims  # the audit trail records who wrote: its `sub` (writes.py)
+            g.claims = authenticate(permission)  # the audit trail records who wrote: its `sub` (writes.py)
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def authenticate(permission):
+    """The one authentication step of a protected operation, in the SPEC's order
+    (Errors): the client address's budget (429), unless this worker has verified
+    the token before; the token, verified once (401; 503 without keys); its
+    subject's budget (429); the permission (403). Returns the token's claims.
+    The budgets are ratelimit.RateLimits, found in the app's extensions."""
+    verifier = current_app.extensions["auth"]
+    budgets = current_app.extensions["rate_limits"]
+    try:
+        claims = verifier.cached(bearer_token())
+    except AuthError:
+        claims = None
+    if claims is None:
+        # Before the signature check, so that a stream of forged tokens is refused without one.
+        budgets.check_address()
+        try:
+            claims = verifier.verify(bearer_token())
+        except (AuthError, IssuerUnavailable):
+            budgets.count_address()
+            raise
+    budgets.count_subject(claims["sub"])
+    permissions = claims.get("permissions")
+    if not isinstance(permissions, list) or permission not in permissions:
+        raise Forbidden(f"permission '{permission}' is required")
+    return claims
 
 
 # --- set-up -------------------------------------------------------------------
@@ -321,6 +387,7 @@ def init_auth(app):
         jwks_url,
         timeout=float(app.config["JWKS_TIMEOUT"]),
         min_interval=float(app.config["JWKS_MIN_REFETCH_INTERVAL"]),
+        max_age=float(app.config["JWKS_CACHE_TTL"]),
     )
     app.extensions["auth"] = Verifier(keys, issuer, audience)
 
@@ -334,13 +401,18 @@ def _loaded_for_a_command():
     return context is not None and isinstance(context.command, click.Group)
 
 
-def role_permissions(name):
-    """The permissions of a role named in any case, with spaces or hyphens."""
-    wanted = name.replace("-", " ").replace("_", " ").split()
-    for role, permissions in ROLES.items():
-        if role.lower().split() == [word.lower() for word in wanted]:
-            return permissions
+def role_named(name):
+    """The role (a key of ROLES) that `name` spells, in any case, with spaces,
+    hyphens or underscores."""
+    wanted = [word.lower() for word in name.replace("-", " ").replace("_", " ").split()]
+    for role in ROLES:
+        if role.lower().split() == wanted:
+            return role
     raise click.BadParameter(f"unknown role {name!r}; choose one of: " + ", ".join(ROLES))
+
+
+def role_permissions(name):
+    return ROLES[role_named(name)]
 
 
 @click.command("token")
@@ -349,8 +421,8 @@ def role_permissions(name):
 @click.option("--lifetime", default=86400, show_default=True, type=click.IntRange(min=1), help="Seconds it is valid.")
 def token_command(role, lifetime):
     """Print a local issuer's token for ROLE (e.g. casting-director)."""
-    permissions = role_permissions(role)
+    role = role_named(role)
     keys = current_app.extensions["auth"].keys
     if not isinstance(keys, LocalIssuer):
         raise click.ClickException("tokens come from the configured issuer (Auth0), not from this app")
-    click.echo(keys.mint(permissions, lifetime, subject=f"local|{role.lower()}"))
+    click.echo(keys.role_token(role, lifetime))

@@ -61,8 +61,11 @@ def load_config(app, test_config):
         "API_AUDIENCE": env.get("API_AUDIENCE"),
         "AUTH0_ISSUER": env.get("AUTH0_ISSUER"),
         "JWKS_URL": env.get("JWKS_URL"),
+        # An Auth0 Single Page Application (public: no secret), for signing in from /docs (api.py).
+        "AUTH0_CLIENT_ID": env.get("AUTH0_CLIENT_ID"),
         "JWKS_TIMEOUT": float(env.get("JWKS_TIMEOUT", 5)),
         "JWKS_MIN_REFETCH_INTERVAL": float(env.get("JWKS_MIN_REFETCH_INTERVAL", 30)),
+        "JWKS_CACHE_TTL": float(env.get("JWKS_CACHE_TTL", 600)),  # seconds before the key set is refetched
         "SECRET_KEY": env.get("SECRET_KEY"),  # signs list cursors: see secret_key()
         "REQUIRE_ISSUER": production,  # a production start refuses the local issuer (auth.py)
         # Rate limits (ratelimit.py checks the budgets' form).

@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 
+import gunicorn_worker
+
 os.environ.setdefault("REQUIRE_ISSUER", "1")
 
 
@@ -41,9 +43,13 @@ def child_exit(server, worker):
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# The sync worker, but at a graceful stop (Heroku's SIGTERM) it serves the
-# connections already queued instead of leaving them to be reset.
+# The sync worker, but at a graceful stop of the whole server (Heroku's SIGTERM)
+# the master closes the door to new connections and the workers serve the ones
+# already queued instead of leaving them to be reset; a worker that leaves alone
+# (--max-requests, HUP) leaves the door open. And gunicorn's own refusals
+# (414, 431, 400) answer in the API's JSON envelope.
 worker_class = "gunicorn_worker.DrainingSyncWorker"
+when_ready = gunicorn_worker.when_ready
 # Build the app once in the master: a misconfiguration stops the start with
 # one clear error instead of workers failing to boot in a loop.
 preload_app = True
@@ -58,9 +64,10 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms request_id=%({x-req
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
-# gunicorn's own refusals are HTML, so no request the API accepts may meet
-# them: a 200-character ?q= percent-encoded is up to 2,400 bytes, and an
-# Auth0 access token with many permissions can run to several kilobytes.
+# gunicorn's own refusals (414, 431) are in the API's envelope, but still no
+# request the API accepts may meet them: a 200-character ?q= percent-encoded is
+# up to 2,400 bytes, and an Auth0 access token with many permissions can run to
+# several kilobytes.
 limit_request_line = 8190
 # gunicorn 27's control socket sits at one path per user, shared by every
 # gunicorn that user runs (tests, the benchmark); the app does not use it.

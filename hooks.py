@@ -6,8 +6,8 @@ import io
 import re
 import uuid
 
-from flask import g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import current_app, g, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from config import MIB
 
@@ -60,13 +60,16 @@ def _read(stream, size, keep=True):
     """Up to `size` bytes of the body (a server's stream may return fewer than
     asked for at a time); with keep=False, read and discard them."""
     chunks = []
-    while size > 0:
-        chunk = stream.read(min(size, MIB))
-        if not chunk:
-            break
-        size -= len(chunk)
-        if keep:
-            chunks.append(chunk)
+    try:
+        while size > 0:
+            chunk = stream.read(min(size, MIB))
+            if not chunk:
+                break
+            size -= len(chunk)
+            if keep:
+                chunks.append(chunk)
+    except Exception:  # the server's own error for a malformed chunk (gunicorn's InvalidChunkSize, ...)
+        raise BadRequest("the body's chunked encoding is malformed") from None
     return b"".join(chunks)
 
 
@@ -104,10 +107,22 @@ def describe_request(response):
     environ[DESCRIBED] = {
         "request_id": g.get("request_id"),
         "route": route_template(request.url_rule),
-        "subject": g.get("rate_limit_subject") or g.get("claims", {}).get("sub"),
+        "subject": subject(response.status_code),
         "trace_id": trace_id(environ.get("HTTP_TRACEPARENT")),  # the header, without Werkzeug's lookup
     }
     return response
+
+
+def subject(status):
+    """The `sub` of the token this request verified: g.claims once its
+    permission held (auth.requires_auth); for a 403 or a subject's 429, which
+    come after the verification, the verifier's memory of the token."""
+    claims = g.get("claims")
+    if claims is None and status in (403, 429):
+        parts = request.headers.get("Authorization", "").split()
+        if len(parts) == 2:
+            claims = current_app.extensions["auth"].cached(parts[1])
+    return claims["sub"] if claims else None
 
 
 def route_template(rule):

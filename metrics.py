@@ -145,7 +145,7 @@ def count_rejection(error):
     elif error.code == 403:
         AUTH_REJECTIONS.labels("forbidden").inc()
     elif error.code == 429:
-        scope = getattr(getattr(error, "limit", None), "scope", None)
+        scope = getattr(error, "scope", None)  # ratelimit.RateLimited's
         RATE_LIMIT_REJECTIONS.labels(scope if scope in ("subject", "address") else "other").inc()
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -221,6 +222,22 @@ class AuditEvent(db.Model):
     before = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     after = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     request_id = Column(String(64), nullable=False)
+
+
+class AuthorizationCode(db.Model):
+    """A code of the local issuer's sign-in (local_signin.py) until it is
+    redeemed or expires. In the database, so that whichever worker or instance
+    serves the exchange redeems it; deleted as it is redeemed, so that it is
+    good once. It holds the code's SHA-256, never the code itself."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hash = Column(String(64), primary_key=True)
+    role = Column(String(40), nullable=False)
+    client_id = Column(String(255), nullable=False)
+    redirect_uri = Column(Text, nullable=False)
+    code_challenge = Column(String(43), nullable=False)
+    expires_at = Column(BigInteger, nullable=False)  # Unix time, in seconds
 
 
 def columns(row):

@@ -1,4 +1,4 @@
-"""Rate limits (SPEC: Rate limits), counted by Flask-Limiter.
+"""Rate limits (SPEC: Rate limits), counted with the `limits` package.
 
 Two budgets, each a fixed window that opens with the first request it counts:
 
@@ -8,15 +8,15 @@ Two budgets, each a fixed window that opens with the first request it counts:
   request to a protected operation (no token, a malformed header, a token that
   fails verification) counts against the address it came from.
 
-In a protected operation, in this order: the address budget is checked (a 429
-if it is spent) before the token is verified, so a stream of forged tokens
-costs no signature check once its address is over budget; the token is
-verified; a valid token is counted against its subject (a 429 if that budget
-is spent); then the permission (403) and the rest. A request that did not
-authenticate is counted against its address once its answer is known, so
-under concurrency an address may get a few more answers than its budget (the
-requests already in flight when it ran out), never more signature checks than
-that.
+auth.authenticate, the one authentication step of every protected operation,
+calls them in this order: the address budget is checked (a 429 if it is spent)
+before the token is verified, so a stream of forged tokens costs no signature
+check once its address is over budget; a request that then fails
+authentication is counted against its address; a valid token is counted
+against its subject (a 429 if that budget is spent); then the permission (403)
+and the rest. Under concurrency an address may get a few more answers than its
+budget (the requests already in flight when it ran out), never more signature
+checks than that.
 
 A token this worker has verified before (auth.Verifier's cache) skips the
 address check: it costs no signature check, so the address budget has nothing
@@ -27,31 +27,40 @@ address is over budget is a 429 like any other.
 
 The counters live in Redis when `REDIS_URL` is set, shared by every worker of
 every instance; otherwise each worker counts alone (development). When Redis
-cannot be reached, Flask-Limiter logs a warning and counts in the worker's
-memory meanwhile, checks Redis again now and then (1, 2, 4, ... 32 s apart),
-and shares the counters again once it answers. Short socket timeouts keep a
+cannot be reached, the worker logs a warning and counts in its own memory
+meanwhile, tries Redis again now and then (1, 2, 4, ... 32 s apart), and
+shares the counters again once it answers. Short socket timeouts keep a
 stopped or hung Redis from holding up a request for long.
 
 The client's address is the connecting peer's, or, with `TRUSTED_PROXY_HOPS=N`,
 the one the Nth proxy from the end appended to `X-Forwarded-For` (Werkzeug's
-ProxyFix), so a client cannot choose its own by sending that header.
+ProxyFix), so a client cannot choose its own by sending that header. An IPv6
+client's budget is its /64.
 """
 
-import functools
+import ipaddress
+import logging
+import math
 import re
+import threading
 import time
 from urllib.parse import urlsplit
 
-from flask import current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
-from limits.storage import MemoryStorage
+from flask import g, request
+from limits import parse
+from limits.errors import StorageError
+from limits.storage import RedisStorage, Storage
+from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from auth import AuthError, bearer_token
+from config import ConfigError
 
-DEFAULTS = {"RATE_LIMIT": "600/minute", "RATE_LIMIT_ANONYMOUS": "60/minute", "TRUSTED_PROXY_HOPS": "0"}
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"RATE_LIMIT": "600/minute", "RATE_LIMIT_ANONYMOUS": "60/minute"}
 BUDGET = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
 # Sent on limited responses; a browser app may read them when CORS is configured.
 HEADERS = ["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
@@ -59,20 +68,16 @@ HEADERS = ["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateL
 # most these timeouts, twice (one immediate retry on a fresh connection, which
 # also covers a pooled connection that a Redis restart closed).
 REDIS_TIMEOUT = 0.5
-
-
-def settings(env):
-    """The rate-limit settings from the environment (load_config's part)."""
-    config = {"REDIS_URL": env.get("REDIS_URL") or None}
-    config.update({name: env.get(name) or default for name, default in DEFAULTS.items()})
-    return config
+REDIS_KEY_PREFIX = "casting-agency"  # the app's counters, apart from anything else in that Redis
+UNREACHABLE = "rate-limit counters unreachable in Redis (%s): counting in this worker's memory meanwhile"
+RECOVERED = "rate-limit counters reachable in Redis again: shared again"
 
 
 def budget(config, name):
     """A budget setting, checked: a malformed one stops the start with a clear error."""
     value = str(config.get(name) or DEFAULTS[name]).strip()
     if not BUDGET.fullmatch(value):
-        raise RuntimeError(f"{name} must be N/second, N/minute or N/hour, N from 1 to 999999999, not {value!r}")
+        raise ConfigError(f"{name} must be N/second, N/minute or N/hour, N from 1 to 999999999, not {value!r}")
     return value
 
 
@@ -83,18 +88,17 @@ def proxy_hops(config):
     except (TypeError, ValueError):
         hops = -1
     if hops < 0 or isinstance(value, float):
-        raise RuntimeError(f"TRUSTED_PROXY_HOPS must be a whole number of proxies, 0 or more, not {value!r}")
+        raise ConfigError(f"TRUSTED_PROXY_HOPS must be a whole number of proxies, 0 or more, not {value!r}")
     return hops
 
 
-def storage(url):
-    """(storage URI, redis-py options) for Flask-Limiter: Redis when `url` is set."""
-    if not url:
-        return MemoryCounters.URI, {}
+def redis_storage(url):
+    """limits' Redis storage for REDIS_URL, with short timeouts; its failures
+    raise limits' StorageError."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise RuntimeError("REDIS_URL must be a redis:// or rediss:// URL with a host")
-    options = {
+        raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL with a host")
+    options = {  # redis-py's, passed on by limits
         "socket_connect_timeout": REDIS_TIMEOUT,
         "socket_timeout": REDIS_TIMEOUT,
         "retry": Retry(NoBackoff(), 1),
@@ -103,184 +107,218 @@ def storage(url):
         # Heroku's Key-Value Store serves TLS with a self-signed certificate;
         # Heroku documents connecting with redis-py's ssl_cert_reqs=None.
         options["ssl_cert_reqs"] = None
-    return url, options
+    return RedisStorage(url, key_prefix=REDIS_KEY_PREFIX, wrap_exceptions=True, **options)
 
 
-class MemoryCounters(MemoryStorage):
-    """limits' in-memory counters (the storage without REDIS_URL), whose
-    expired counters are dropped at most once a second by a request that
-    counts. MemoryStorage drops them from a timer thread instead, which a
-    count restarts whenever the last one has run: a thread started every
-    10 ms in each busy worker, 15 us of a request's CPU (README: "What each
-    change bought"). A counter read after its window is dropped either way
-    (MemoryStorage.get)."""
+class MemoryCounters(Storage):
+    """Counters in this process's memory, behind limits' storage interface: the
+    counters without Redis, and while Redis is unreachable. A count drops the
+    expired counters, at most once a second. (limits' MemoryStorage drops them
+    from a timer thread, which a count starts again whenever the last one has
+    run: a thread every 10 ms in a busy worker, 15 to 35 us of a request's CPU.)"""
 
-    STORAGE_SCHEME = ["casting-memory"]  # limits finds storages by URI scheme
-    URI = "casting-memory://"
+    STORAGE_SCHEME = None  # made here, never from a URI
     PURGE_EVERY = 1.0  # seconds
 
-    def __init__(self, uri=None, wrap_exceptions=False, **options):
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+    def __init__(self):
+        super().__init__()
+        self.counters = {}  # key -> [count, when its window ends (Unix time)]
         self.next_purge = 0.0
+        self.lock = threading.Lock()  # `flask run` serves on threads
 
-    # MemoryStorage calls this private method on every count.
-    def _MemoryStorage__schedule_expiry(self):
+    @property
+    def base_exceptions(self):
+        return ()  # nothing here fails as a storage does
+
+    def incr(self, key, expiry, amount=1):
         now = time.time()
-        if now >= self.next_purge:
-            self.next_purge = now + self.PURGE_EVERY
-            self._MemoryStorage__expire_events()
+        with self.lock:
+            if now >= self.next_purge:
+                self.next_purge = now + self.PURGE_EVERY
+                self.counters = {name: counter for name, counter in self.counters.items() if counter[1] > now}
+            counter = self.counters.get(key)
+            if counter is None or counter[1] <= now:
+                counter = self.counters[key] = [0, now + expiry]
+            counter[0] += amount
+            return counter[0]
+
+    def _live(self, key):
+        counter = self.counters.get(key)
+        return counter if counter is not None and counter[1] > time.time() else None
+
+    def get(self, key):
+        counter = self._live(key)
+        return counter[0] if counter else 0
+
+    def get_expiry(self, key):
+        counter = self._live(key)
+        return counter[1] if counter else time.time()
+
+    def check(self):
+        return True
+
+    def reset(self):
+        with self.lock:
+            count, self.counters = len(self.counters), {}
+        return count
+
+    def clear(self, key):
+        with self.lock:
+            self.counters.pop(key, None)
 
 
-class OperationLimiter(Limiter):
-    """Flask-Limiter, checked only where an operation asks (RateLimits.check).
-    Its before-request hook checks default and application limits, of which
-    this app has none, on every request: it measured a fifth of a GET / (README:
-    "What each change bought")."""
+class Counters:
+    """Fixed windows (limits' FixedWindowRateLimiter) in `shared` (Redis) when
+    there is one, else in this worker's memory. While the shared storage fails,
+    the worker counts in memory: it logs a warning, tries the storage again 1,
+    2, 4, ... 32 s apart, and shares again once it answers."""
 
-    def _check_request_limit(self, callable_name=None, in_middleware=True):
-        if not in_middleware:
-            super()._check_request_limit(callable_name, in_middleware)
+    MAX_RETRY_DELAY = 32  # seconds
+
+    def __init__(self, shared=None):
+        self.memory = FixedWindowRateLimiter(MemoryCounters())
+        self.shared = FixedWindowRateLimiter(shared) if shared is not None else None
+        self.down = False  # the shared storage failed: counting in memory
+        self.retry_at = 0.0  # time.monotonic() when to try it again
+        self.retry_delay = 1
+
+    def hit(self, item, *identifiers):
+        """Count one request; (whether it is within the budget, its WindowStats)."""
+
+        def hit(limiter):
+            return limiter.hit(item, *identifiers), limiter.get_window_stats(item, *identifiers)
+
+        return self._run(hit)
+
+    def test(self, item, *identifiers):
+        """Whether one more request would be within the budget, counting nothing;
+        and its WindowStats when it would not."""
+
+        def test(limiter):
+            if limiter.test(item, *identifiers):
+                return True, None
+            return False, limiter.get_window_stats(item, *identifiers)
+
+        return self._run(test)
+
+    def _run(self, step):
+        limiter = self._limiter()
+        if limiter is self.memory:
+            return step(limiter)
+        try:
+            return step(limiter)
+        except StorageError as error:
+            log.warning(UNREACHABLE, error.storage_error)
+            self._retry_in(1)
+            return step(self.memory)
+
+    def _limiter(self):
+        if self.shared is None:
+            return self.memory
+        if not self.down:
+            return self.shared
+        if time.monotonic() < self.retry_at:
+            return self.memory
+        if self.shared.storage.check():
+            log.info(RECOVERED)
+            self.down = False
+            return self.shared
+        self._retry_in(min(2 * self.retry_delay, self.MAX_RETRY_DELAY))
+        return self.memory
+
+    def _retry_in(self, delay):
+        self.down = True
+        self.retry_delay = delay
+        self.retry_at = time.monotonic() + delay
+
+
+class Budget:
+    """One budget: its limit (a limits RateLimitItem), its scope, and its 429's message."""
+
+    def __init__(self, config, name, scope, whom):
+        value = budget(config, name)
+        amount, unit = value.split("/")
+        self.item = parse(value)
+        self.scope = scope
+        self.message = f"too many requests: at most {amount} a {unit} for {whom}; see Retry-After"
+
+
+class RateLimited(TooManyRequests):
+    """A 429 over one budget, with Retry-After; `scope` says which budget."""
+
+    def __init__(self, budget, stats):
+        super().__init__(budget.message, retry_after=max(1, math.ceil(stats.reset_time - time.time())))
+        self.scope = budget.scope
 
 
 def client_address():
-    return request.remote_addr or "unknown"  # an empty key would make Flask-Limiter skip the limit
+    """The key of the client's address budget: an IPv4 address as it is, an
+    IPv6 one by its /64, since one client holds a whole /64 (RFC 6177) and
+    could otherwise take a fresh budget with each of its addresses."""
+    address = request.remote_addr or "unknown"
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.7 is 192.0.2.7, by either path
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
-def subject_key():
-    return g.rate_limit_subject
-
-
-def _subject(claims):
-    sub = (claims or {}).get("sub")
-    return sub if isinstance(sub, str) and sub else None
-
-
-def _message(value, whom):
-    amount, unit = value.split("/")
-    return f"too many requests: at most {amount} a {unit} for {whom}; see Retry-After"
-
-
-def _retry_after_only_on_429(response):
-    if response.status_code != 429:
-        response.headers.pop("Retry-After", None)  # on a 200 it would read as "come back later"
+def limit_headers(response):
+    """X-RateLimit-* of the budget the request counted against, on every limited response."""
+    counted = g.get("rate_limit")
+    if counted is not None:
+        item, stats = counted
+        response.headers["X-RateLimit-Limit"] = str(item.amount)
+        response.headers["X-RateLimit-Remaining"] = str(stats.remaining)
+        response.headers["X-RateLimit-Reset"] = str(int(stats.reset_time))
     return response
 
 
 class RateLimits:
-    """The app's two budgets, and the check each protected operation runs first."""
+    """The app's two budgets, and the three steps auth.authenticate runs."""
 
     def __init__(self, app):
         config = app.config
-        per_subject = budget(config, "RATE_LIMIT")
-        per_address = budget(config, "RATE_LIMIT_ANONYMOUS")
+        self.per_subject = Budget(config, "RATE_LIMIT", "subject", "a token's subject")
+        self.per_address = Budget(config, "RATE_LIMIT_ANONYMOUS", "address", "a client address without a valid token")
         hops = proxy_hops(config)
-        uri, options = storage(config.get("REDIS_URL"))
+        url = config.get("REDIS_URL")
+        self.counters = Counters(redis_storage(url) if url else None)
         if hops:
-            # Only X-Forwarded-For: the app builds no absolute URL, so nothing else need be trusted.
-            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0)
-        # Registered before the Limiter, so that it runs after the Limiter's own
-        # after_request, which sends Retry-After with every limited response.
-        app.after_request(_retry_after_only_on_429)
-        if uri == MemoryCounters.URI and config.get("REQUIRE_ISSUER"):
+            # X-Forwarded-For, and X-Forwarded-Proto for the absolute URLs of signing
+            # in (https behind Heroku's router); never X-Forwarded-Host.
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+        if not url and config.get("REQUIRE_ISSUER"):
             app.logger.warning("REDIS_URL is not set: each worker keeps its own rate-limit counters")
-        self.limiter = OperationLimiter(
-            key_func=client_address,
-            app=app,
-            storage_uri=uri,
-            storage_options=options,
-            strategy="fixed-window",  # one INCR per counted request
-            headers_enabled=True,
-            retry_after="delta-seconds",
-            in_memory_fallback_enabled=True,  # Redis down: count in memory, and share again when it is back
-            swallow_errors=True,  # a Redis failure mid-request costs a log line, never a 500
-            key_prefix="casting-agency",
-            # One identity for every request: the budgets are shared across
-            # operations (their scopes name them), so Flask-Limiter has no
-            # per-endpoint limits to look up; by default it resolves the
-            # endpoint's limits and exemptions on every check.
-            request_identifier=lambda: "api",
-        )
-        by_address = self.limiter.shared_limit(
-            per_address,
-            scope="address",
-            # Checked now, counted after the answer, and only if the request did not authenticate.
-            deduct_when=lambda response: "rate_limit_subject" not in g,
-            error_message=_message(per_address, "a client address without a valid token"),
-        )
-        by_subject = self.limiter.shared_limit(
-            per_subject,
-            scope="subject",
-            key_func=subject_key,
-            error_message=_message(per_subject, "a token's subject"),
-        )
+        app.after_request(limit_headers)
 
-        # Flask-Limiter checks a decorated function's limits each time it is called.
-        @by_address
-        def check_address():
-            pass
+    def check_address(self):
+        """Before a token is verified: a 429 if the client's address has spent its budget."""
+        budget = self.per_address
+        within, stats = self.counters.test(budget.item, budget.scope, client_address())
+        if not within:
+            g.rate_limit = (budget.item, stats)
+            raise RateLimited(budget, stats)
 
-        @by_subject
-        def check_subject():
-            pass
+    def count_address(self):
+        """A request that failed authentication counts against its address
+        (its answer stays the 401 or 503)."""
+        self._count(self.per_address, client_address())
 
-        self.check_address = check_address
-        self.check_subject_decorated = check_subject
-        [self.subject_limit] = by_subject  # the budget as Flask-Limiter runs it: its item, scope and message
+    def count_subject(self, subject):
+        """A valid token's request counts against its subject: a 429 over the budget."""
+        within, stats = self._count(self.per_subject, subject)
+        if not within:
+            raise RateLimited(self.per_subject, stats)
 
-    def check_subject(self):
-        """The per-subject count, every valid token's request: Flask-Limiter's
-        own steps for one shared limit (count it in the limiter's storage, put
-        it where its after_request sends the X-RateLimit-* headers, raise its
-        429), without the work its decorator does on each call to find which
-        limits apply (README: "What each change bought"). When the storage has
-        failed, the decorated check runs instead: it is where Flask-Limiter
-        counts in memory meanwhile, and looks for the storage's return."""
-        limiter = self.limiter
-        if limiter._storage_dead:
-            return self.check_subject_decorated()
-        limit = self.subject_limit
-        keys = [limiter._key_prefix, g.rate_limit_subject, limit.scope]
-        try:
-            allowed = limiter.limiter.hit(limit.limit, *keys)
-        except Exception:  # the storage failed: what Flask-Limiter does then, then its decorated check
-            limiter.logger.warning("Rate limit storage unreachable - falling back to in-memory storage")
-            limiter._storage_dead = True
-            return self.check_subject_decorated()
-        context = limiter.context
-        context.view_rate_limit = RequestLimit(limiter, limit.limit, keys, not allowed, shared=True)
-        context.view_rate_limits = [context.view_rate_limit]
-        if not allowed:
-            limiter.logger.info("ratelimit %s (%s) exceeded", limit.limit, g.rate_limit_subject)
-            raise RateLimitExceeded(limit)
-
-    def check(self):
-        """Before a protected operation: 429 when the request is over its budget."""
-        verifier = current_app.extensions["auth"]
-        try:
-            token = bearer_token()
-        except AuthError:
-            token = None  # requires_auth answers the 401, after the address check
-        claims = verifier.cached(token) if token else None
-        if _subject(claims) is None:
-            self.check_address()
-            if token is None:
-                return
-            claims = verifier.verify(token)  # a 401 or 503 here is counted against the address
-        subject = _subject(claims)
-        if subject is not None:
-            g.rate_limit_subject = subject
-            self.check_subject()
-
-
-def rate_limited(view):
-    """Check the request's budget before `view` (a requires_auth-wrapped view) runs."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        current_app.extensions["rate_limits"].check()
-        return view(*args, **kwargs)
-
-    return wrapper
+    def _count(self, budget, key):
+        within, stats = self.counters.hit(budget.item, budget.scope, key)
+        g.rate_limit = (budget.item, stats)
+        return within, stats
 
 
 def init_rate_limits(app):

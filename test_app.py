@@ -4,6 +4,7 @@ which functions are async."""
 import unittest
 
 from app import create_app
+from models import Actor
 from testing import ACTOR, ApiTestCase, app_config, dispose
 
 
@@ -29,6 +30,39 @@ class CorsTest(ApiTestCase):
         created = self.call("POST", "/actors", json=ACTOR, headers={**self.headers(), "Origin": "https://app.example"})
         self.assertEqual(created.headers["Access-Control-Allow-Origin"], "https://app.example")
         self.assertIn("Location", created.headers["Access-Control-Expose-Headers"])
+
+    def test_a_front_end_can_do_what_curl_does_conditional_requests_included(self):
+        """A browser sends If-Match only if the preflight allows it ("Failed to
+        fetch" otherwise), and lets a page read only the headers exposed to it
+        (an ETag read as null)."""
+        actor = self.add(Actor, **ACTOR)["id"]
+        wanted = ["Authorization", "Content-Type", "If-Match", "If-None-Match"]
+        preflight = self.client.options(
+            f"/actors/{actor}",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": ", ".join(header.lower() for header in wanted),
+            },
+        )
+        allowed = {header.strip().lower() for header in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+        self.assertLessEqual({header.lower() for header in wanted}, allowed)
+        self.assertIn("PATCH", preflight.headers["Access-Control-Allow-Methods"])
+
+        origin = {**self.headers(), "Origin": "https://app.example"}
+        read = self.call("GET", f"/actors/{actor}", headers=origin)
+        patched = self.call(
+            "PATCH", f"/actors/{actor}", json={"age": 62}, headers={**origin, "If-Match": read.headers["ETag"]}
+        )
+        self.assertEqual(patched.status_code, 200)
+        listed = self.call("GET", "/actors?per_page=1", headers=origin)
+        for response, present in ((read, "ETag"), (patched, "ETag"), (listed, "X-RateLimit-Remaining")):
+            exposed = {header.strip() for header in response.headers["Access-Control-Expose-Headers"].split(",")}
+            self.assertIn(present, response.headers)
+            expected = {"ETag", "Link", "Location", "Retry-After", "X-Request-ID"}
+            self.assertLessEqual(
+                expected | {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}, exposed
+            )
 
     def test_other_origins_get_no_cors_headers(self):
         self.assertNotIn("Access-Control-Allow-Origin", self.preflight("https://evil.example").headers)

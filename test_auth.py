@@ -24,7 +24,7 @@ from flask.cli import FlaskGroup
 from app import create_app
 from auth import ROLES, IssuerUnavailable, JWKSKeys, role_permissions
 from loopback import REPO, Issuer, clean_environment, rsa_key
-from models import Actor, Casting, Movie
+from models import Actor, AuditEvent, Casting, Movie
 from testing import ACTOR, AUDIENCE, ISSUER, MOVIE, ApiTestCase, app_config, dispose
 
 # Every protected endpoint: (method, path, permission, body, success status).
@@ -140,6 +140,13 @@ class AttackTest(ApiTestCase):
             ("no exp", "Bearer " + issuer.token(["get:actors"], drop=["exp"]), "missing_claim"),
             ("no aud", "Bearer " + issuer.token(["get:actors"], drop=["aud"]), "missing_claim"),
             ("no iss", "Bearer " + issuer.token(["get:actors"], drop=["iss"]), "missing_claim"),
+            # Every write records its subject (the audit trail's column holds 255 characters):
+            ("no sub", "Bearer " + issuer.token(ROLES["Executive Producer"], drop=["sub"]), "missing_claim"),
+            ("sub null", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=None), "missing_claim"),
+            ("sub a number", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=42), "invalid_claims"),
+            ("sub a list", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=["a"]), "invalid_claims"),
+            ("sub empty", "Bearer " + issuer.token(ROLES["Executive Producer"], sub=""), "invalid_claims"),
+            ("sub too long", "Bearer " + issuer.token(ROLES["Executive Producer"], sub="a" * 256), "invalid_claims"),
             ("exp not a number", "Bearer " + issuer.token(["get:actors"], exp="tomorrow"), "malformed_token"),
             ("wrong audience", "Bearer " + issuer.token(["get:actors"], aud="another-api"), "invalid_audience"),
             ("wrong issuer", "Bearer " + issuer.token(["get:actors"], iss="https://evil.test/"), "invalid_issuer"),
@@ -174,6 +181,13 @@ class AttackTest(ApiTestCase):
                     error = self.assertError(response, 401)
                     self.assertEqual(error["code"], code, error["message"])
         self.assertEqual(self.rows(Actor), [])
+
+    def test_a_subject_of_255_characters_writes_and_is_recorded(self):
+        subject = "auth0|" + "x" * 249
+        token = self.issuer.token(ROLES["Executive Producer"], sub=subject)
+        response = self.call("POST", "/actors", headers=self.headers(token=token), json=ACTOR)
+        self.assertEqual(response.status_code, 201, response.get_data(as_text=True))
+        self.assertEqual([event["subject"] for event in self.rows(AuditEvent)], [subject])
 
     def test_the_key_source_is_never_taken_from_the_token(self):
         attacker = Issuer(ISSUER, AUDIENCE)  # publishes its own JWKS
@@ -278,6 +292,67 @@ class JWKSCacheTest(ApiTestCase):
         self.assertEqual(list(keys._keys), ["good"])
 
 
+class KeySetExpiryTest(ApiTestCase):
+    """JWKS_CACHE_TTL: the cached key set is refetched once it is older, so a key
+    the issuer has withdrawn (a revoked one) stops being trusted, cached tokens
+    included; a key still published keeps working, at one fetch per TTL."""
+
+    config = {"JWKS_CACHE_TTL": 60}
+
+    def later(self, seconds):
+        return mock.patch("auth.time.monotonic", return_value=time.monotonic() + seconds)
+
+    def status(self, token):
+        return self.call("GET", "/actors", headers=self.headers(token=token)).status_code
+
+    def test_a_revoked_key_stops_verifying_once_the_set_is_older_than_the_ttl(self):
+        remembered = self.issuer.token(["get:actors"])
+        self.assertEqual(self.status(remembered), 200)  # verified, and remembered by the worker
+        new_key = rsa_key()
+        self.issuer.published = {"test-key-2": new_key}  # test-key-1 revoked, another in its place
+        rotated = self.issuer.token(["get:actors"], key=new_key, headers={"kid": "test-key-2"})
+        with self.later(59):
+            self.assertEqual(self.status(remembered), 200)  # within the TTL: the bound the README states
+        with self.later(61):
+            for token in (remembered, self.issuer.token(["get:actors"])):
+                error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=token)), 401)
+                self.assertEqual(error["code"], "unknown_key")
+            self.assertEqual(self.status(rotated), 200)
+        self.assertEqual(self.issuer.fetches, 2)
+
+    def test_a_key_still_published_keeps_working_at_one_fetch_per_ttl(self):
+        remembered = self.issuer.token(["get:actors"])
+        for _ in range(5):
+            self.assertEqual(self.status(remembered), 200)
+            self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+        self.assertEqual(self.issuer.fetches, 1)
+        for age, fetches in ((59, 1), (61, 2), (122, 3)):
+            with self.subTest(age=age), self.later(age):
+                for _ in range(5):
+                    self.assertEqual(self.status(remembered), 200)
+                    self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+                self.assertEqual(self.issuer.fetches, fetches)
+
+    def test_a_failed_refetch_keeps_the_keys_and_is_retried_no_more_than_the_interval_allows(self):
+        remembered = self.issuer.token(["get:actors"])
+        self.assertEqual(self.status(remembered), 200)
+        self.issuer.failing = True
+        with self.later(61), self.assertLogs("auth", "WARNING"):
+            for _ in range(10):
+                self.assertEqual(self.status(remembered), 200)
+                self.assertEqual(self.status(self.issuer.token(["get:actors"])), 200)
+        self.assertEqual(self.issuer.fetches, 2)  # one failed refetch for the twenty requests
+        with self.later(61 + 31), self.assertLogs("auth", "WARNING"):
+            self.assertEqual(self.status(remembered), 200)
+        self.assertEqual(self.issuer.fetches, 3)  # retried once the refetch interval had passed
+        self.issuer.failing = False
+        self.issuer.published = {"test-key-2": rsa_key()}  # the issuer answers again, and has revoked the key
+        with self.later(61 + 62):
+            error = self.assertError(self.call("GET", "/actors", headers=self.headers(token=remembered)), 401)
+        self.assertEqual(error["code"], "unknown_key")
+        self.assertEqual(self.issuer.fetches, 4)
+
+
 class VerifiedTokenCacheTest(ApiTestCase):
     def test_a_token_seen_again_is_not_verified_again(self):
         token = self.issuer.token(["get:actors"])
@@ -363,6 +438,23 @@ class LocalIssuerTest(ApiTestCase):
         result = self.token(self.make_app(), "Producer")
         self.assertEqual(result.exit_code, 2)
         self.assertIn("unknown role", result.output)
+
+    def test_one_subject_per_role_however_it_is_spelt(self):
+        app = self.make_app()
+        subjects = {
+            "Casting Assistant": "local|casting-assistant",
+            "Casting Director": "local|casting-director",
+            "Executive Producer": "local|executive-producer",
+        }
+        for role, subject in subjects.items():
+            hyphens = role.lower().replace(" ", "-")
+            for spelling in (role, hyphens, role.upper(), hyphens.replace("-", "_"), f" {role.lower()}  "):
+                with self.subTest(spelling):
+                    result = self.token(app, spelling)
+                    self.assertEqual(result.exit_code, 0, result.output)
+                    claims = jwt.decode(result.output.strip(), options={"verify_signature": False})
+                    self.assertEqual(claims["sub"], subject)
+                    self.assertEqual(claims["permissions"], ROLES[role])
 
     def test_lifetime_option(self):
         app = self.make_app()

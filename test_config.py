@@ -1,7 +1,9 @@
 """config.py: every setting from the environment (and .env) to its effect in the app, and the
 settings that stop a start."""
 
+import json
 import os
+import re
 import tempfile
 import unittest
 from unittest import mock
@@ -55,9 +57,34 @@ def cors(app):
     ]
 
 
+def sign_in(app):
+    """The client id /docs signs in with, and where (None: bearer tokens only)."""
+    schemes = app.test_client().get("/openapi.json").get_json()["components"]["securitySchemes"]
+    if "oauth2" not in schemes:
+        return None
+    docs = app.test_client().get("/docs/").get_data(as_text=True)
+    client_id = json.loads(re.search(r"var oauth_user_config = (\{.*?\});", docs, re.S)[1])["clientId"]
+    return client_id, schemes["oauth2"]["flows"]["authorizationCode"]["authorizationUrl"]
+
+
 def verifier(app):
     auth = app.extensions["auth"]
     return auth.issuer, auth.keys.url, auth.audience
+
+
+def key_set(app):
+    keys = app.extensions["auth"].keys
+    return keys.timeout, keys.min_interval, keys.max_age
+
+
+def rate_limits(app):
+    """The two budgets (amount/multiples/granularity), and whether the counters are shared (Redis)."""
+    limits = app.extensions["rate_limits"]
+    budgets = [
+        f"{b.item.amount}/{b.item.multiples}/{b.item.GRANULARITY.name}"
+        for b in (limits.per_subject, limits.per_address)
+    ]
+    return (*budgets, limits.counters.shared is not None)
 
 
 # Every configuration variable, from the environment to its effect in the app:
@@ -89,16 +116,21 @@ CONFIGURATION_CASES = [
         ("https://issuer.example/", "https://keys.example/jwks", "api"),
     ),
     (
-        {**AN_ISSUER, "JWKS_TIMEOUT": "2.5", "JWKS_MIN_REFETCH_INTERVAL": "7"},
-        lambda app: (app.extensions["auth"].keys.timeout, app.extensions["auth"].keys.min_interval),
-        (2.5, 7.0),
+        {**AN_ISSUER, "JWKS_TIMEOUT": "2.5", "JWKS_MIN_REFETCH_INTERVAL": "7", "JWKS_CACHE_TTL": "90"},
+        key_set,
+        (2.5, 7.0, 90.0),
     ),
+    (AN_ISSUER, key_set, (5.0, 30.0, 600.0)),
     (
-        AN_ISSUER,
-        lambda app: (app.extensions["auth"].keys.timeout, app.extensions["auth"].keys.min_interval),
-        (5.0, 30.0),
+        {**AN_ISSUER, "RATE_LIMIT": "5/second", "RATE_LIMIT_ANONYMOUS": "7/hour", "REDIS_URL": "redis://r.example:1"},
+        rate_limits,
+        ("5/1/second", "7/1/hour", True),
     ),
+    (AN_ISSUER, rate_limits, ("600/1/minute", "60/1/minute", False)),
+    ({**AN_ISSUER, "TRUSTED_PROXY_HOPS": "1"}, lambda app: type(app.wsgi_app).__name__, "ProxyFix"),
     ({**AN_ISSUER, "REQUIRE_ISSUER": "1"}, lambda app: type(app.extensions["auth"].keys).__name__, "JWKSKeys"),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": "spa-client"}, sign_in, ("spa-client", "https://tenant.eu.auth0.com/authorize")),
+    ({**AN_ISSUER, "AUTH0_CLIENT_ID": ""}, sign_in, None),
 ]
 
 

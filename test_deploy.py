@@ -2,15 +2,13 @@
 release phase migrates the database, and both it and the web start refuse to
 run without a token issuer, so that a misconfigured deploy fails before it goes
 live and Heroku keeps the previous release serving. requirements.txt (what
-Heroku installs) holds what the service needs and no test tool; the worker
-serves what it accepted before it stops. And ./setup.sh's answer when its
-database cannot be reached."""
+Heroku installs) holds what the service needs and no test tool. And
+./setup.sh's answer when its database cannot be reached."""
 
 import ast
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -303,65 +301,3 @@ class RequirementsTest(unittest.TestCase):
                 with self.subTest(module, imports=top):
                     found = {canonical(d) for d in distributions.get(top, [])}
                     self.assertTrue(found & set(runtime), f"{module} imports {top}, which requirements.txt lacks")
-
-
-# --- a graceful stop -----------------------------------------------------------------
-
-
-class DrainingWorkerTest(unittest.TestCase):
-    """gunicorn_worker.DrainingSyncWorker, once SIGTERM has ended its loop: takes
-    every queued connection, closes the listening socket, then serves what it
-    took (test_fleet.py stops a real server under load)."""
-
-    def test_queued_connections_are_taken_then_the_socket_closed_then_they_are_served(self):
-        from gunicorn.workers.sync import SyncWorker
-
-        from gunicorn_worker import DrainingSyncWorker
-
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        listener.setblocking(False)  # as gunicorn's workers have it
-        address = listener.getsockname()
-        clients = [socket.create_connection(address) for _ in range(3)]
-        for client in clients:
-            self.addCleanup(client.close)
-            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        served = []
-
-        def handle(listener_, client, peer):
-            served.append((listener_.getsockname(), client.getblocking(), listener.fileno()))
-            client.close()
-
-        worker = DrainingSyncWorker.__new__(DrainingSyncWorker)  # no arbiter: only what run() uses
-        worker.sockets = [listener]
-        worker.handle = handle
-        with mock.patch.object(SyncWorker, "run") as loop:
-            worker.run()
-        loop.assert_called_once()
-        self.assertEqual(served, [(address, True, -1)] * 3)  # each served blocking, after the close
-        with self.assertRaises(ConnectionRefusedError):
-            socket.create_connection(address, timeout=5)
-
-    def test_new_connections_are_held_off_while_the_queue_drains(self):
-        """The race the filter closes: a connection queued between the drain's
-        last accept() and the close() would be reset. Once the filter is on,
-        a new client's SYN is dropped (it would retry, and meet the closed
-        socket), while a connection already queued is still taken whole."""
-        from gunicorn_worker import refuse_new_connections
-
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        queued = socket.create_connection(listener.getsockname())
-        self.addCleanup(queued.close)
-        if not refuse_new_connections(listener):
-            self.skipTest("no socket filters on this platform: the worker only drains")
-        queued.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        with self.assertRaises(TimeoutError):
-            socket.create_connection(listener.getsockname(), timeout=0.5)
-        listener.settimeout(5)
-        client, _ = listener.accept()
-        self.addCleanup(client.close)
-        self.assertEqual(client.recv(100), b"GET / HTTP/1.1\r\n\r\n")
-        listener.setblocking(False)
-        with self.assertRaises(BlockingIOError):  # the refused SYN left nothing in the queue
-            listener.accept()

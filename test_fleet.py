@@ -44,8 +44,8 @@ from loopback import HOST, REPO, Gunicorn, Reply, call, free_port
 
 PER_SUBJECT = 30
 PER_ADDRESS = 10
-FALLING_BACK = "Rate limit storage unreachable - falling back to in-memory storage"
-RECOVERED = "Rate limit storage recovered"
+FALLING_BACK = "rate-limit counters unreachable in Redis"
+RECOVERED = "rate-limit counters reachable in Redis again: shared again"
 REDIS_SERVER = shutil.which("redis-server")
 CAN_RUN = loopback.CAN_RUN_POSTGRES and REDIS_SERVER is not None
 # A developer without redis-server or PostgreSQL skips these; CI (REQUIRE_FLEET=1, or CI=true) never does.

@@ -12,14 +12,16 @@ from unittest import mock
 
 import jwt
 from limits import parse
+from limits.errors import StorageError
 from limits.strategies import FixedWindowRateLimiter
 from redis.connection import SSLConnection
 
 from app import create_app
 from auth import ROLES
+from config import ConfigError
 from loopback import clean_environment, rsa_key, run_procfile
 from models import Actor
-from ratelimit import MemoryCounters, settings
+from ratelimit import Counters, MemoryCounters
 from testing import ACTOR, ApiTestCase, app_config, dispose
 
 PER_SUBJECT = 3
@@ -132,6 +134,23 @@ class AddressBudgetTest(LimitsTestCase):
                 body = self.assertTooMany(self.request("GET", "/actors", token, headers=headers), PER_ADDRESS)
                 self.assertIn("for a client address without a valid token", body["message"])
         self.assertError(self.request("GET", "/actors", address="10.0.0.2"), 401)  # another address has its own
+
+    def test_an_ipv6_client_has_one_budget_for_its_whole_64(self):
+        # One client holds 2001:db8:1:2::/64, and sends each forged token from another of its addresses.
+        addresses = [f"2001:db8:1:2::{i + 1:x}" for i in range(PER_ADDRESS + 3)] + ["2001:db8:1:2:ffff:ffff:ffff:ffff"]
+        for i, address in enumerate(addresses):
+            with self.subTest(address):
+                response = self.request("GET", "/actors", self.forged(), address=address)
+                if i < PER_ADDRESS:
+                    self.assertError(response, 401)
+                else:
+                    self.assertTooMany(response, PER_ADDRESS)
+        self.assertError(self.request("GET", "/actors", address="2001:db8:1:3::1"), 401)  # the next /64: another client
+
+    def test_an_ipv4_mapped_ipv6_address_shares_its_ipv4_address_budget(self):
+        self.spend_address("192.0.2.7")
+        self.assertTooMany(self.request("GET", "/actors", address="::ffff:192.0.2.7"), PER_ADDRESS)
+        self.assertError(self.request("GET", "/actors", address="::ffff:192.0.2.8"), 401)
 
     def test_no_signature_check_and_no_key_fetch_once_the_address_is_over_budget(self):
         self.issuer.token(ROLES["Executive Producer"])  # (warms nothing: the app fetches on first use)
@@ -255,6 +274,37 @@ class TwoProxiesTest(LimitsTestCase):
             self.assertError(self.request("GET", "/actors", address=f"10.1.1.{i}", headers=header), status)
 
 
+class FlakyStorage(MemoryCounters):
+    """A stand-in for Redis that fails as limits' storages do (StorageError)
+    while `failing` is set, and counts the calls it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = False
+        self.calls = 0
+
+    def answer(self):
+        self.calls += 1
+        if self.failing:
+            raise StorageError(ConnectionError("Redis went away"))
+
+    def incr(self, key, expiry, amount=1):
+        self.answer()
+        return super().incr(key, expiry, amount)
+
+    def get(self, key):
+        self.answer()
+        return super().get(key)
+
+    def get_expiry(self, key):
+        self.answer()
+        return super().get_expiry(key)
+
+    def check(self):
+        self.calls += 1
+        return not self.failing
+
+
 class RedisUnreachableTest(LimitsTestCase):
     def setUp(self):
         self.config = {**self.config, "REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}
@@ -262,9 +312,9 @@ class RedisUnreachableTest(LimitsTestCase):
 
     def test_requests_are_served_with_a_warning_and_limits_held_per_worker(self):
         token = self.token()
-        with self.assertLogs("flask-limiter", "WARNING") as logs:
+        with self.assertLogs("ratelimit", "WARNING") as logs:
             first = self.request("GET", "/actors", token)
-        self.assertIn("falling back to in-memory storage", "\n".join(logs.output))
+        self.assertIn("counting in this worker's memory meanwhile", "\n".join(logs.output))
         self.assertEqual(first.status_code, 200)
         self.assertLimited(first, PER_SUBJECT, PER_SUBJECT - 1)
         for _ in range(PER_SUBJECT - 1):
@@ -275,25 +325,63 @@ class RedisUnreachableTest(LimitsTestCase):
 
 class StorageFailsMidwayTest(LimitsTestCase):
     def test_a_count_that_fails_falls_back_to_memory_with_a_warning_and_no_error(self):
+        redis = FlakyStorage()
+        self.app.extensions["rate_limits"].counters = Counters(redis)
         token = self.token()
         self.assertLimited(self.request("GET", "/actors", token), PER_SUBJECT, PER_SUBJECT - 1)
-        limiter = self.app.extensions["rate_limits"].limiter
-        failing = mock.patch.object(limiter.storage, "incr", side_effect=ConnectionError("the storage went away"))
-        with failing, self.assertLogs("flask-limiter", "WARNING") as logs:
+        redis.failing = True
+        with self.assertLogs("ratelimit", "WARNING") as logs:
             response = self.request("GET", "/actors", token)  # the token is known: the subject's count fails
-            self.assertEqual(response.status_code, 200)
-            self.assertIn("falling back to in-memory storage", "\n".join(logs.output))
-            self.assertLimited(response, PER_SUBJECT, PER_SUBJECT - 1)  # counted afresh, in memory
-            for _ in range(PER_SUBJECT - 1):
-                self.assertEqual(self.request("GET", "/actors", token).status_code, 200)
-            self.assertTooMany(self.request("GET", "/actors", token), PER_SUBJECT)
+        self.assertEqual(response.status_code, 200)
+        self.assertIn("counting in this worker's memory meanwhile", "\n".join(logs.output))
+        self.assertLimited(response, PER_SUBJECT, PER_SUBJECT - 1)  # counted afresh, in memory
+        for _ in range(PER_SUBJECT - 1):
+            self.assertEqual(self.request("GET", "/actors", token).status_code, 200)
+        self.assertTooMany(self.request("GET", "/actors", token), PER_SUBJECT)
+        self.spend_address()
+
+
+class CountersTest(unittest.TestCase):
+    """Redis failing: the worker counts in memory, with one warning, tries Redis
+    again 1, 2, 4, ... 32 s apart, and shares the counters again once it answers."""
+
+    def test_a_failing_storage_is_tried_again_with_backoff_and_shared_again_when_it_answers(self):
+        redis = FlakyStorage()
+        counters = Counters(redis)
+        item = parse("100/hour")
+        now = [1000.0]
+        with mock.patch("ratelimit.time.monotonic", lambda: now[0]):
+            self.assertEqual(counters.hit(item, "k"), (True, mock.ANY))
+            redis.failing = True
+            with self.assertLogs("ratelimit", "WARNING") as logs:
+                within, stats = counters.hit(item, "k")
+            self.assertEqual(len(logs.output), 1)
+            self.assertEqual((within, stats.remaining), (True, 99))  # counted afresh, in memory
+            calls, failed_at = redis.calls, now[0]
+            for delay in (1, 2, 4, 8, 16, 32, 32):
+                with self.subTest(delay=delay), self.assertNoLogs("ratelimit", "WARNING"):
+                    now[0] = failed_at + delay - 0.01
+                    counters.hit(item, "k")
+                    counters.test(item, "k")
+                    self.assertEqual(redis.calls, calls)  # not yet
+                    now[0] = failed_at + delay
+                    counters.hit(item, "k")
+                    self.assertEqual(redis.calls, calls + 1)  # one check, which fails
+                    calls, failed_at = redis.calls, now[0]
+            redis.failing = False
+            now[0] += 32
+            with self.assertLogs("ratelimit", "INFO") as logs:
+                within, stats = counters.hit(item, "k")
+            self.assertIn("shared again", "\n".join(logs.output))
+            self.assertEqual((within, stats.remaining), (True, 98))  # Redis's count goes on
+            self.assertEqual(counters.test(item, "k"), (True, None))
 
 
 class RedisConnectionTest(unittest.TestCase):
     def storage_pool(self, url):
         app = create_app(app_config(REDIS_URL=url))
         self.addCleanup(dispose, app)
-        return app.extensions["rate_limits"].limiter.storage.storage.connection_pool
+        return app.extensions["rate_limits"].counters.shared.storage.get_connection().connection_pool
 
     def test_rediss_connects_as_heroku_documents_without_verifying_its_self_signed_certificate(self):
         pool = self.storage_pool("rediss://:secret@redis.example:6380")
@@ -318,16 +406,20 @@ class MemoryCountersTest(unittest.TestCase):
         now = [1_000_000.0]
         with mock.patch("time.time", lambda: now[0]):
             self.assertEqual([limiter.hit(two_a_minute, "a") for _ in range(3)], [True, True, False])
+            self.assertEqual(limiter.get_window_stats(two_a_minute, "a"), (now[0] + 60, 0))
             self.assertTrue(limiter.hit(two_a_minute, "b"))
             now[0] += 61  # both windows are over: a count drops every expired key
+            self.assertEqual(limiter.get_window_stats(two_a_minute, "a"), (now[0], 2))
             self.assertTrue(limiter.hit(two_a_minute, "c"))
-            self.assertEqual(set(counters.storage), {two_a_minute.key_for("c")})
+            self.assertEqual(set(counters.counters), {two_a_minute.key_for("c")})
             self.assertTrue(limiter.hit(two_a_minute, "a"))  # a's window opened again
 
     def test_the_app_counts_in_them_without_redis(self):
         app = create_app(app_config())
         try:
-            self.assertIsInstance(app.extensions["rate_limits"].limiter.storage, MemoryCounters)
+            counters = app.extensions["rate_limits"].counters
+            self.assertIsInstance(counters.memory.storage, MemoryCounters)
+            self.assertIsNone(counters.shared)
         finally:
             dispose(app)
 
@@ -337,13 +429,6 @@ class ConfigurationTest(unittest.TestCase):
         app = create_app(app_config(**settings_))
         dispose(app)
         return app
-
-    def test_the_environment_gives_the_settings_and_their_defaults(self):
-        defaults = {"RATE_LIMIT": "600/minute", "RATE_LIMIT_ANONYMOUS": "60/minute", "TRUSTED_PROXY_HOPS": "0"}
-        self.assertEqual(settings({}), {"REDIS_URL": None, **defaults})
-        env = {"REDIS_URL": "rediss://h:1", "RATE_LIMIT": "5/second", "RATE_LIMIT_ANONYMOUS": ""}
-        env["TRUSTED_PROXY_HOPS"] = "1"
-        self.assertEqual(settings(env), {**env, "RATE_LIMIT_ANONYMOUS": "60/minute"})
 
     def test_well_formed_budgets_start(self):
         for value in ("1/second", " 600/minute ", "100000/hour"):
@@ -361,7 +446,7 @@ class ConfigurationTest(unittest.TestCase):
         cases += [("REDIS_URL", value, redis) for value in ("localhost:6379", "http://h:1", "redis://")]
         for name, value, message in cases:
             with self.subTest(name, value=value):
-                with self.assertRaises(RuntimeError) as raised:
+                with self.assertRaises(ConfigError) as raised:
                     self.start(**{name: value})
                 self.assertIn(message, str(raised.exception))
                 self.assertIn(repr(value) if name != "REDIS_URL" else "REDIS_URL", str(raised.exception))

@@ -49,6 +49,16 @@ AUDIENCE = "casting-agency-test"
 
 ISSUER_ON_LOOPBACK = Issuer(ISSUER, AUDIENCE)
 
+# No issuer configured: the app is its own (auth.LocalIssuer), its key in an
+# instance folder of the test run's.
+_instance_dir = tempfile.TemporaryDirectory(prefix="casting-agency-instance-")
+LOCAL_ISSUER_CONFIG = {
+    "AUTH0_ISSUER": None,
+    "JWKS_URL": None,
+    "API_AUDIENCE": None,
+    "INSTANCE_PATH": _instance_dir.name,
+}
+
 _sqlite_dir = tempfile.TemporaryDirectory(prefix="casting-agency-tests-")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_sqlite_dir.name}/test.db"
 _database_ready = False
@@ -114,7 +124,7 @@ class ApiTestCase(unittest.TestCase):
 
     def _empty_database(self):
         with self.app.app_context(), db.engine.begin() as connection:
-            for table in ("castings", "movies", "actors", "audit_events"):
+            for table in ("castings", "movies", "actors", "audit_events", "authorization_codes"):
                 connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed names)
         dispose(self.app)
 
