@@ -343,6 +343,23 @@ class WorkersTest(unittest.TestCase):
         self.assertEqual(counted(changes(before, after)), expected)
         self.assertTrue(all(after[key] >= value for key, value in before.items()))
 
+    def test_a_reload_keeps_the_counts(self):
+        """HUP: gunicorn runs gunicorn.conf.py again and replaces every worker;
+        the instance keeps its metrics' directory, so its counts."""
+        server = start(os.path.join(self.folder, f"h-{uuid.uuid4().hex[:6]}"), self.issuer, self.addCleanup)
+        self.send(server, self.kinds(), times=2)
+        before = scrape(server)
+        workers = children(server.process.pid)
+        os.kill(server.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while children(server.process.pid) & workers or len(children(server.process.pid)) < 2:
+            self.assertLess(time.monotonic(), deadline, "the workers were not replaced")
+            time.sleep(0.1)
+        self.assertEqual(scrape(server), before)
+        expected = self.send(server, self.kinds()[:2], times=2)
+        self.assertEqual(counted(changes(before, scrape(server))), expected)
+        self.assertEqual(len(glob.glob(os.path.join(os.path.dirname(server.log_path), "casting-metrics-*"))), 1)
+
     def test_a_second_instance_counts_its_own_requests_only(self):
         a_before = scrape(self.a)
         b_before = scrape(self.b)
