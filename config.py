@@ -54,7 +54,10 @@ def load_config(app, test_config):
         env = {name: value for name, value in os.environ.items() if value}
     config = {
         "DATABASE_URL": env.get("DATABASE_URL") or "sqlite:///" + os.path.join(app.instance_path, "casting_agency.db"),
+        "DATABASE_CONNECTION_POOL_URL": env.get("DATABASE_CONNECTION_POOL_URL"),  # the requests' own: see database.py
         "DB_POOL_SIZE": int(env.get("DB_POOL_SIZE", 5)),
+        "DB_STATEMENT_TIMEOUT": env.get("DB_STATEMENT_TIMEOUT", 5),  # seconds: see database.RequestSettings
+        "DB_LOCK_TIMEOUT": env.get("DB_LOCK_TIMEOUT", 2),
         "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", MIB)),
         "CORS_ORIGINS": env.get("CORS_ORIGINS", ""),
         "AUTH0_DOMAIN": env.get("AUTH0_DOMAIN"),
@@ -85,6 +88,8 @@ def load_config(app, test_config):
     config.update(test_config or {})
     config["LOG_FORMAT"] = log_format(config["LOG_FORMAT"])
     config["SQLALCHEMY_DATABASE_URI"] = database_url(config["DATABASE_URL"])
+    pooler = config["DATABASE_CONNECTION_POOL_URL"]
+    config["REQUESTS_DATABASE_URI"] = database_url(pooler) if pooler else config["SQLALCHEMY_DATABASE_URI"]
     config["SECRET_KEY"] = secret_key(app, config)
     app.config.update(config)
 

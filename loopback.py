@@ -1,14 +1,15 @@
 """Services on 127.0.0.1 for the tests and the benchmark: a token issuer that
-publishes its JWKS over HTTP, a PostgreSQL cluster of its own, and the
-Procfile's gunicorn.
+publishes its JWKS over HTTP, a PostgreSQL cluster of its own, a PgBouncer in
+front of it, and the Procfile's gunicorn.
 
 Importing this module starts nothing and reads no settings: each service starts
 when it is made and is removed by its `stop()` or `close()`.
 """
 
-# Fixed programs (PostgreSQL's, gunicorn, cp) with our own arguments.
+# Fixed programs (PostgreSQL's, PgBouncer, gunicorn, cp) with our own arguments.
 # ruff: noqa: S603, S607
 
+import concurrent.futures
 import contextlib
 import glob
 import http.client
@@ -166,6 +167,27 @@ def call(port, method, path, token=None, body=None, headers=None, timeout=20, so
         connection.close()
 
 
+def concurrently(calls, workers=24, timeout=60):
+    """Run the zero-argument callables on a pool of threads; their results in order."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(c) for c in calls]
+        _done, pending = concurrent.futures.wait(futures, timeout=timeout)
+        for future in pending:
+            future.cancel()
+        if pending:
+            raise AssertionError(f"{len(pending)} of {len(futures)} requests did not finish in {timeout} s")
+        return [future.result() for future in futures]
+
+
+def tail(path, size=3000):
+    """The end of a log file, or nothing when there is none yet."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read()[-size:]
+    except OSError:
+        return ""
+
+
 # --- PostgreSQL -------------------------------------------------------------------
 
 
@@ -200,13 +222,17 @@ def needs_postgres(test_case):
     """A TestCase class that runs its own PostgreSQL. Without the server programs
     it is skipped on a developer's machine, and fails, saying why, when
     REQUIRE_POSTGRES (set by .ci/run) or CI says that it must run."""
-    if CAN_RUN_POSTGRES:
+    return _needs(test_case, CAN_RUN_POSTGRES, "REQUIRE_POSTGRES", WHY_NO_POSTGRES)
+
+
+def _needs(test_case, can_run, required_by, why):
+    if can_run:
         return test_case
-    if not (os.environ.get("REQUIRE_POSTGRES") or os.environ.get("CI")):
-        return unittest.skip(WHY_NO_POSTGRES)(test_case)
+    if not (os.environ.get(required_by) or os.environ.get("CI")):
+        return unittest.skip(why)(test_case)
 
     def refuse(cls):
-        raise RuntimeError(f"REQUIRE_POSTGRES is set, but this machine cannot run these tests: it {WHY_NO_POSTGRES}")
+        raise RuntimeError(f"{required_by} is set, but this machine cannot run these tests: it {why}")
 
     test_case.setUpClass = classmethod(refuse)
     return test_case
@@ -247,11 +273,7 @@ class Postgres:
         return result
 
     def log_text(self):
-        try:
-            with open(self.log) as file:
-                return file.read()[-3000:]
-        except OSError:
-            return ""
+        return tail(self.log)
 
     def init(self):
         self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
@@ -299,12 +321,125 @@ class Postgres:
             with connection.cursor() as cursor:
                 cursor.execute(f'CREATE DATABASE "{name}"')
 
+    def execute(self, database, sql):
+        """One statement in a transaction of its own, committed (DDL, say)."""
+        with self.connect(database) as connection, connection, connection.cursor() as cursor:
+            cursor.execute(sql)
+
     def query(self, database, sql, params=()):
         with self.connect(database) as connection, connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
             connection.rollback()
             return rows
+
+
+# --- PgBouncer ----------------------------------------------------------------------
+
+PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")  # Debian's
+CAN_RUN_PGBOUNCER = CAN_RUN_POSTGRES and PGBOUNCER is not None
+WHY_NO_PGBOUNCER = f"{WHY_NO_POSTGRES}, and PgBouncer (apt-get install pgbouncer)"
+
+
+def needs_pgbouncer(test_case):
+    """A TestCase class that runs its own PostgreSQL and PgBouncer: skipped
+    without them on a developer's machine; failing, saying why, when
+    REQUIRE_PGBOUNCER (set by .ci/run) or CI says that it must run."""
+    return _needs(test_case, CAN_RUN_PGBOUNCER, "REQUIRE_PGBOUNCER", WHY_NO_PGBOUNCER)
+
+
+class PgBouncer:
+    """Debian's PgBouncer on a free port in front of the PostgreSQL on
+    127.0.0.1:`postgres_port`, in
+    transaction mode, as Heroku's connection pooling and most managed
+    PostgreSQL services run it: consecutive transactions of one client may run
+    on different server connections, and a pool holds `pool_size` of them
+    per database. `settings` adds lines to its [pgbouncer] section. It
+    refuses to run as root: as root it runs as the postgres user."""
+
+    def __init__(self, postgres_port, pool_size=2, **settings):
+        self.dir = tempfile.mkdtemp(prefix="casting-agency-pgbouncer-")
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "pgbouncer.log")
+        self.pidfile = os.path.join(self.dir, "pgbouncer.pid")
+        self.ini = os.path.join(self.dir, "pgbouncer.ini")
+        lines = {
+            "listen_addr": HOST,
+            "listen_port": self.port,
+            "unix_socket_dir": "",
+            "auth_type": "trust",  # the tests' PostgreSQL trusts loopback too
+            "auth_file": os.path.join(self.dir, "users.txt"),
+            "pool_mode": "transaction",
+            "default_pool_size": pool_size,
+            "max_client_conn": 500,
+            "logfile": self.log,
+            "pidfile": self.pidfile,
+            **settings,
+        }
+        with open(self.ini, "w") as file:
+            file.write(f"[databases]\n* = host={HOST} port={postgres_port}\n[pgbouncer]\n")
+            file.writelines(f"{name} = {value}\n" for name, value in lines.items())
+        with open(lines["auth_file"], "w") as file:
+            file.write('"postgres" ""\n')  # trust still wants the user listed
+        if AS_ROOT:
+            for path in (self.dir, self.ini, lines["auth_file"]):
+                os.chown(path, *_postgres_user())
+        self.running = False
+
+    @classmethod
+    def fresh(cls, postgres_port, cleanup, **kwargs):
+        """A new PgBouncer, started; `cleanup` stops and removes it."""
+        bouncer = cls(postgres_port, **kwargs)
+        cleanup(bouncer.close)
+        bouncer.start()
+        return bouncer
+
+    def start(self):
+        command = [PGBOUNCER, "-d", self.ini]  # -d: it goes to the background once it listens
+        if AS_ROOT:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.running = True
+        result = subprocess.run(
+            command, cwd=self.dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+        )
+        if result.returncode != 0:
+            output = result.stdout + result.stderr
+            raise RuntimeError(f"pgbouncer failed ({result.returncode}): {output}{self.log_text()}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=1):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pgbouncer did not listen within 10 s: {self.log_text()}")
+
+    def log_text(self):
+        return tail(self.log)
+
+    def url(self, database):
+        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
+
+    def close(self):
+        """Stop it (SIGTERM: PgBouncer's immediate shutdown) and remove its folder."""
+        if self.running:
+            with contextlib.suppress(OSError, ValueError):
+                with open(self.pidfile) as file:
+                    pid = int(file.read())
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.running = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _running(pid):
+    """Whether a process runs: not gone, and not a zombie that its parent (a
+    daemon's is init) has yet to reap."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # --- the app as deployed ------------------------------------------------------------

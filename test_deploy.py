@@ -136,7 +136,7 @@ exit "${EXIT:-0}"
 # The environment each call of ./setup.sh saw, one line per call.
 FAKE_SETUP = """#!/usr/bin/env bash
 echo "setup.sh $* REQUIRE_POSTGRES=${REQUIRE_POSTGRES:-} REQUIRE_BROWSER=${REQUIRE_BROWSER:-}\
- TEST_DATABASE_URL=${TEST_DATABASE_URL:-}" >> "$CALLS"
+ REQUIRE_PGBOUNCER=${REQUIRE_PGBOUNCER:-} TEST_DATABASE_URL=${TEST_DATABASE_URL:-}" >> "$CALLS"
 """
 
 
@@ -162,7 +162,7 @@ class CiScriptTest(unittest.TestCase):
         fake(os.path.join(folder, ".venv", "bin", "ruff"), FAKE_TOOL)
         for tool, exit_code in (("pg_isready", pg_isready), ("pg_ctlcluster", pg_ctlcluster)):
             fake(os.path.join(folder, "bin", tool), FAKE_TOOL, EXIT=exit_code)
-        for tool in ("sleep", "chromium", "psql", "apt-get"):
+        for tool in ("sleep", "chromium", "pgbouncer", "psql", "apt-get"):
             fake(os.path.join(folder, "bin", tool), FAKE_TOOL)
         env = {"PATH": os.path.join(folder, "bin") + ":/usr/bin:/bin", "CALLS": calls, "HOME": folder}
         result = subprocess.run(  # noqa: S603 (the CI script, in a folder of fakes)
@@ -174,7 +174,7 @@ class CiScriptTest(unittest.TestCase):
     def test_it_runs_the_suite_on_sqlite_and_on_postgresql_in_reverse_with_nothing_skipped(self):
         result, calls = self.ci_run()
         self.assertEqual(result.returncode, 0, result.stderr)
-        required = "REQUIRE_POSTGRES=1 REQUIRE_BROWSER=1"
+        required = "REQUIRE_POSTGRES=1 REQUIRE_BROWSER=1 REQUIRE_PGBOUNCER=1"
         self.assertEqual(
             calls,
             [
@@ -206,14 +206,16 @@ class NeedsPostgresTest(unittest.TestCase):
     skips the tests that start their own cluster, unless REQUIRE_POSTGRES says
     they must run: then they fail, and say why."""
 
-    def outcome(self, can_run, environment):
+    def outcome(self, can_run, environment, needs="postgres"):
         class Probe(unittest.TestCase):
             def test_probe(self):
                 pass
 
-        with mock.patch("loopback.CAN_RUN_POSTGRES", can_run), mock.patch.dict(os.environ, environment, clear=True):
+        can = f"loopback.CAN_RUN_{needs.upper()}"
+        with mock.patch(can, can_run), mock.patch.dict(os.environ, environment, clear=True):
             result = unittest.TestResult()
-            unittest.defaultTestLoader.loadTestsFromTestCase(loopback.needs_postgres(Probe)).run(result)
+            decorated = getattr(loopback, f"needs_{needs}")(Probe)
+            unittest.defaultTestLoader.loadTestsFromTestCase(decorated).run(result)
         return result
 
     def test_skipped_or_failed_as_required(self):
@@ -226,6 +228,13 @@ class NeedsPostgresTest(unittest.TestCase):
                 failed = self.outcome(False, environment)
                 self.assertEqual((failed.skipped, len(failed.errors)), ([], 1))
                 self.assertIn("initdb", failed.errors[0][1])
+
+    def test_pgbouncer_skipped_or_failed_as_required(self):
+        self.assertEqual(len(self.outcome(False, {}, needs="pgbouncer").skipped), 1)
+        self.assertEqual(len(self.outcome(False, {"REQUIRE_POSTGRES": "1"}, needs="pgbouncer").skipped), 1)
+        failed = self.outcome(False, {"REQUIRE_PGBOUNCER": "1"}, needs="pgbouncer")
+        self.assertEqual((failed.skipped, len(failed.errors)), ([], 1))
+        self.assertIn("apt-get install pgbouncer", failed.errors[0][1])
 
 
 # --- what Heroku installs -----------------------------------------------------------

@@ -44,6 +44,7 @@ from loopback import (
     Postgres,
     call,
     clean_environment,
+    concurrently,
     free_port,
     needs_postgres,
     rsa_key,
@@ -58,18 +59,6 @@ JSON = {"Content-Type": "application/json"}
 def tag():
     """A unique word, so that tests sharing a database find their own rows."""
     return "t" + uuid.uuid4().hex[:10]
-
-
-def concurrently(calls, workers=24, timeout=60):
-    """Run the zero-argument callables on a pool of threads; their results in order."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(c) for c in calls]
-        _done, pending = concurrent.futures.wait(futures, timeout=timeout)
-        for future in pending:
-            future.cancel()
-        if pending:
-            raise AssertionError(f"{len(pending)} of {len(futures)} requests did not finish in {timeout} s")
-        return [future.result() for future in futures]
 
 
 # --- the production stack -------------------------------------------------------
@@ -703,7 +692,8 @@ class PoolCapTest(unittest.TestCase):
         self.addCleanup(pg.close)
         pg.copy_of(_template)
         pg.start()
-        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2))
+        # No lock timeout: the requests wait for the lock below for as long as it is held.
+        app = create_app(testing.app_config(DATABASE_URL=pg.url(DATABASE), DB_POOL_SIZE=2, DB_LOCK_TIMEOUT=0))
         self.addCleanup(testing.dispose, app)
         headers = {"Authorization": f"Bearer {testing.ISSUER_ON_LOOPBACK.role_token(PRODUCER)}"}
 

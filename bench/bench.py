@@ -13,8 +13,10 @@ issuer saw during the timed runs. The app's own `GET /` is a row too,
 so its fixed cost per request shows. The rate limits are set out of the way (one
 token sends every request); one more row, GET /actors/<id> at the smallest size
 on a second server whose limits count in a redis-server the bench starts, gives
-their cost; two more, GET /actors/<id> and the page of 20 at the smallest size
-on a third server with metrics and JSON logs on, give theirs.
+their cost; three more, at the smallest size on a third server whose
+DATABASE_URL names a PgBouncer in transaction mode that the bench starts, give
+the cost of the pooled path; two more, GET /actors/<id> and the page of 20 at
+the smallest size on a fourth server with metrics and JSON logs on, give theirs.
 
 With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
 samples the gunicorn workers from outside; the hottest packages and functions
@@ -24,8 +26,9 @@ or flamegraph.pl) kept in the run's log folder.
 Settings (environment): BENCH_THREADS (2), BENCH_CONNECTIONS (16),
 BENCH_DURATION (10s), BENCH_WARMUP (2s, per operation, untimed),
 BENCH_SIZES (1000,100000,1000000: actors; a movie per 10 actors, a casting per actor),
-BENCH_PG (postgresql://postgres@127.0.0.1:5432), BENCH_PROFILE (off), BENCH_OPERATIONS (all: names
-from OPERATIONS, comma-separated; the baseline always runs), DB_POOL_SIZE (the app's).
+BENCH_PG (postgresql://postgres@127.0.0.1:5432), BENCH_DATABASE (casting_bench),
+BENCH_PROFILE (off), BENCH_OPERATIONS (all: names from OPERATIONS,
+comma-separated; the baseline always runs), DB_POOL_SIZE (the app's).
 """
 
 # This script runs fixed commands only (wrk, git, the virtualenv's flask and gunicorn).
@@ -45,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
@@ -58,7 +62,7 @@ REPO = BENCH.parent
 VENV_BIN = REPO / ".venv" / "bin"
 sys.path.insert(0, str(REPO))  # the app's modules, and loopback's issuer and gunicorn (shared with the tests)
 
-from loopback import Gunicorn, Issuer, free_port  # noqa: E402
+from loopback import Gunicorn, Issuer, PgBouncer, free_port  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
@@ -69,7 +73,7 @@ PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 PROFILE = os.environ.get("BENCH_PROFILE", "0") not in ("", "0")
 # Some operations only (their names in OPERATIONS, comma-separated); the baseline always runs.
 ONLY = {name for name in os.environ.get("BENCH_OPERATIONS", "").split(",") if name}
-DATABASE = "casting_bench"
+DATABASE = os.environ.get("BENCH_DATABASE", "casting_bench")  # dropped and created by each run
 DATABASE_URL = f"{PG}/{DATABASE}"
 WORKERS = 2
 
@@ -112,7 +116,7 @@ class Operation:
     most_ratio: float | None = None  # p50 at a size over the p50 at the smallest
     compared_with: str | None = None  # p50 over this operation's at the same size, at most most_ratio
     keeps: str | None = None  # its share of the bare app is at least KEEPS of this operation's, same size
-    server: str = "api"  # which of the run's servers: "bare", "api", "limited" or "observed" (see main)
+    server: str = "api"  # which of the run's servers: "bare", "api", "limited", "pooled" or "observed" (see main)
     script: str = "get.lua"  # the wrk script in bench/
 
 
@@ -142,6 +146,13 @@ OPERATIONS = [
     Operation("post_actor", "POST /actors", None, None, 1.3, script="post_actor.lua"),  # last: it grows the table
     # At the smallest size only: the rate limits counted in a Redis the bench starts, as in production.
     Operation("get_actor_redis", "GET /actors/<id>, limits counted in Redis", "/actors/{actor}", server="limited"),
+    # At the smallest size only: through a PgBouncer in transaction mode (two server connections), with
+    # DATABASE_URL naming it and no other setting, as behind Heroku's connection pooling.
+    Operation("get_actor_pooled", "GET /actors/<id>, through PgBouncer", "/actors/{actor}", server="pooled"),
+    Operation("list_actors_pooled", "GET /actors (page of 20), through PgBouncer", "/actors", server="pooled"),
+    Operation(
+        "movie_actors_pooled", "GET /movies/<id>/actors, through PgBouncer", "/movies/{movie}/actors", server="pooled"
+    ),
     # At the smallest size only: the same server with /metrics on (every request counted) and JSON logs.
     Operation(
         "get_actor_observed",
@@ -159,7 +170,8 @@ OPERATIONS = [
     ),
 ]
 KEEPS = 0.90  # what metrics and JSON logs may cost: a tenth of an operation's share, at most
-SMALLEST_ONLY = {"limited", "observed"}  # servers whose operations run at the smallest size only
+# Servers whose rows are measured at the smallest size only.
+AT_THE_SMALLEST_SIZE = ("limited", "pooled", "observed")
 
 if ONLY - {op.name for op in OPERATIONS}:  # a misspelt name would run the baseline alone
     sys.exit(
@@ -397,10 +409,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_by_kind(server):
     """CPU seconds (user and system) used so far by the server's gunicorn
-    workers and by every PostgreSQL process, read from /proc: sampled around a
-    timed run, they say where a request's cost is (the app's Python or the
-    database: a statement planned on every run shows in the second)."""
-    spent = {"app": 0.0, "database": 0.0}
+    workers, by every PostgreSQL process and by PgBouncer, read from /proc:
+    sampled around a timed run, they say where a request's cost is (the app's
+    Python or the database: a statement planned on every run shows in the
+    second)."""
+    spent = {"app": 0.0, "database": 0.0, "pooler": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -409,7 +422,8 @@ def cpu_by_kind(server):
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
-        kind = "database" if comm == "postgres" else "app" if int(fields[1]) == server.process.pid else None
+        kind = {"postgres": "database", "pgbouncer": "pooler"}.get(comm)
+        kind = kind or ("app" if int(fields[1]) == server.process.pid else None)
         if kind:
             spent[kind] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
     return spent
@@ -466,8 +480,9 @@ def table(results):
     smallest = min(SIZES)
     lines = [
         "| operation | actors | req/s | p50 ms | p99 ms | of bare Flask | p50 vs "
-        f"{smallest:,} | app CPU us | database CPU us | non-2xx | socket errors | JWKS fetches | targets |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"{smallest:,} | app CPU us | database CPU us | PgBouncer CPU us | non-2xx | socket errors | JWKS fetches "
+        "| targets |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for op in OPERATIONS:
         for size in SIZES:
@@ -498,7 +513,7 @@ def table(results):
             lines.append(
                 f"| {op.label} | {size:,} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {share:.0%} | "
                 f"{ratio_text} | {r['cpu_us']['app']:,.0f} | {r['cpu_us']['database']:,.0f} | "
-                f"{non2xx} | {r['socket_errors']:,} | {r['jwks']} | "
+                f"{r['cpu_us']['pooler']:,.0f} | {non2xx} | {r['socket_errors']:,} | {r['jwks']} | "
                 f"{'miss: ' + ', '.join(misses) if misses else 'ok'} |"
             )
     return "\n".join(lines)
@@ -589,7 +604,7 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 def main():
     started, begun, load_before = datetime.now(UTC), time.monotonic(), load_average()
     run_dir = Path(tempfile.mkdtemp(prefix="casting-bench-"))
-    issuer = redis_server = None
+    issuer = redis_server = bouncer = None
     servers, results, notes = {}, {}, []
     # A SIGTERM unwinds like Ctrl-C, so the finally below stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -615,6 +630,11 @@ def main():
             servers["bare"] = start_server(
                 app_environment(issuer), run_dir / "gunicorn-bare.log", app="bench.bare:create_app()"
             )
+            bouncer = PgBouncer(urllib.parse.urlsplit(PG).port or 5432, pool_size=2)
+            bouncer.start()
+            servers["pooled"] = start_server(
+                app_environment(issuer, DATABASE_URL=bouncer.url(DATABASE)), run_dir / "gunicorn-pooled.log"
+            )
             log(
                 ", ".join(f"{name} on port {server.port}" for name, server in servers.items())
                 + f" ({WORKERS} workers each)"
@@ -634,6 +654,8 @@ def main():
         finally:
             for server in servers.values():
                 server.stop()
+            if bouncer is not None:
+                bouncer.close()
             if redis_server is not None:
                 redis_server.terminate()
                 redis_server.wait(timeout=30)
@@ -654,10 +676,10 @@ def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
     deep_walk = walk_cursor(base, token, WALK_PAGE)
     for op in OPERATIONS:
         path = deep_walk if op.name == "walk_deep" else op.path
-        if (op.name == "walk_deep" and path is None) or (op.server in SMALLEST_ONLY and size != min(SIZES)):
-            continue
+        if (op.name == "walk_deep" and path is None) or (op.server in AT_THE_SMALLEST_SIZE and size != min(SIZES)):
+            continue  # the walk is shorter than WALK_PAGE pages at this size; some servers at the smallest size only
         if ONLY and op.name not in ONLY | {"bare"}:
-            continue  # the walk is shorter than WALK_PAGE pages at this size; Redis etc. at the smallest size only
+            continue
         server = servers[op.server]
         op_base = f"http://127.0.0.1:{server.port}"
         run_env = dict(env, BENCH_PATH=path or "")

@@ -7,7 +7,8 @@ from run to run than throughput under wrk. With --profile it also prints cProfil
 round (sorted by --sort, default cumtime). What `bench/run` measures is the
 whole request through gunicorn; this is the part the app's code can change.
 
-Run it after `bench/run` has loaded the `casting_bench` database (any size):
+Run it after `bench/run` has loaded the `casting_bench` database (any size;
+BENCH_DATABASE names another, as for bench/run):
 
     .venv/bin/python bench/inprocess.py                  # the paths below
     .venv/bin/python bench/inprocess.py /actors/7 --profile
