@@ -44,7 +44,9 @@ def load_config(app, test_config):
     """The defaults, overridden by the environment, which wins over the .env
     file; or, given a test's config, the defaults and that config alone, so that
     no test depends on the machine's settings or on the checkout's .env. An
-    empty variable counts as unset, as in .env-sample."""
+    empty value means the default, as in .env-sample; an empty variable in the
+    environment wins over .env too (python-dotenv keeps a variable that is set),
+    so `DATABASE_URL= flask run` uses the SQLite file whatever .env names."""
     env = {}
     production = False
     if test_config is None:

@@ -14,11 +14,28 @@ which no statement can compare with a row.
 """
 
 import functools
+import re
 
 from flask import Response, request
 from werkzeug.exceptions import PreconditionFailed
 
 PRECONDITION_FAILED = "the item has changed: If-Match names none of its current ETags"
+# An If-Match of no ETag this item ever had has not seen the item change: it
+# is the client's mistake, and says so (still a 412, as RFC 9110 wants).
+MALFORMED_IF_MATCH = (
+    "If-Match is malformed: it takes ETags in double quotes, as the ETag header of GET {path} gives them, "
+    "or *; nothing changed"
+)
+FOREIGN_IF_MATCH = (
+    'If-Match names no ETag of this item: its ETags are "{id}.<version>", as the ETag header of GET {path} '
+    "gives them; nothing changed"
+)
+WEAK_IF_MATCH = (
+    "If-Match compares ETags strongly: a weak one (W/...) never matches; send the ETag as the ETag header of "
+    "GET {path} gives it; nothing changed"
+)
+# RFC 9110's entity-tag (section 8.8.3): optionally weak, then an opaque quoted string.
+_ENTITY_TAG = re.compile(r'(?:W/)?"[^"\x00-\x20\x7f]*"')
 
 
 def etag(row):
@@ -54,6 +71,19 @@ def accepted_versions(row):
     return versions
 
 
+def _why_not(row, versions):
+    """Why an If-Match fails: it names older versions of the item (it has
+    changed), or it is malformed, or it names no version of this item."""
+    if versions:
+        return PRECONDITION_FAILED
+    tags = [tag.strip() for tag in request.headers["If-Match"].split(",") if tag.strip()]  # empty items are allowed
+    if not tags or not all(map(_ENTITY_TAG.fullmatch, tags)):
+        template = MALFORMED_IF_MATCH
+    else:
+        template = WEAK_IF_MATCH if any(tag.startswith("W/") for tag in tags) else FOREIGN_IF_MATCH
+    return template.format(path=request.path, id=row["id"])
+
+
 def precondition(name):
     """PATCH and DELETE: a 412 when If-Match names none of the current ETags of
     the item the view receives as `name`, before the body is read (a 412 comes
@@ -65,7 +95,7 @@ def precondition(name):
         def wrapper(*args, **kwargs):
             versions = accepted_versions(kwargs[name])
             if versions is not None and kwargs[name]["version"] not in versions:
-                raise PreconditionFailed(PRECONDITION_FAILED)
+                raise PreconditionFailed(_why_not(kwargs[name], versions))
             return view(*args, versions=versions, **kwargs)
 
         return wrapper

@@ -12,9 +12,12 @@ indexes):
 - a cursor continues after the last row's sort keys (keyset pagination), so
   the 500th page costs what the first does, and a walk sees every row that
   existed throughout it exactly once, whatever is inserted or deleted meanwhile;
-- `?page=` reaches the first WINDOW items only (OFFSET reads every skipped row);
-- a total is the counter row for a whole table and otherwise a count that
-  stops at COUNT_BOUND (`total_exact` says which).
+- `?page=` reaches the first WINDOW items only (OFFSET reads every skipped row),
+  and a page past them is refused or found empty without reading that far;
+- a total is the counter row for a whole table, or what a page that ends its
+  list shows (the rows before it and its own), and otherwise a count that
+  stops at COUNT_BOUND (`total_exact` says which);
+- a search looks up its rarest pieces in the search index (search.py).
 """
 
 import base64
@@ -28,12 +31,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import current_app
-from marshmallow import ValidationError
-from sqlalchemy import and_, bindparam, func, literal_column, or_, select, tuple_
+from marshmallow import EXCLUDE, ValidationError
+from sqlalchemy import String, and_, bindparam, case, func, literal_column, or_, select, tuple_
 from werkzeug.exceptions import BadRequest
 
 from database import connect, prepared, rows
-from models import Actor, AuditEvent, Movie, RowCount, folded
+from models import Actor, AuditEvent, Movie, RowCount, concerning, fold
+from search import contains, holds_pieces, pieces_to_look_up, shares
 
 # `?page=` reaches this many items; a cursor reaches every one.
 WINDOW = 10_000
@@ -72,37 +76,42 @@ class Columns:
     """What a list of a model's rows can be searched, filtered and sorted by.
     The query parameters' names and validation are in schemas.py."""
 
-    search: Any
+    search: Any  # the folded column ?q= searches
+    search_index: str | None = None  # its index of pieces (PostgreSQL)
     filters: dict = field(default_factory=dict)  # query parameter -> its condition, given the value's bindparam
+    folded_filters: frozenset = frozenset()  # the filters whose value is compared folded
     sort_keys: dict = field(default_factory=dict)
     default_sort: tuple = DEFAULT_SORT
 
 
 ACTOR_COLUMNS = Columns(
-    search=Actor.name,
+    search=Actor.name_folded,
+    search_index="ix_actors_name_grams",
     filters={
-        # Served by an index on the folded gender (migration 0003), which also
+        # Served by an index on the folded gender (migration 0005), which also
         # gives PostgreSQL statistics of it: a gender that no actor has is
         # found absent at once, and a common one is not mistaken for a rare one.
-        "gender": lambda value: folded(Actor.gender) == folded(value),
+        "gender": lambda value: Actor.gender_folded == value,
         "age_min": lambda value: Actor.age >= value,
         "age_max": lambda value: Actor.age <= value,
     },
+    folded_filters=frozenset({"gender"}),
     sort_keys={
         "id": SortKey(Actor.id, negatable=True, from_json=_int),
-        "name": SortKey(folded(Actor.name), from_json=_str),
+        "name": SortKey(Actor.name_folded, from_json=_str),
         "age": SortKey(Actor.age, negatable=True, from_json=_int),
     },
 )
 MOVIE_COLUMNS = Columns(
-    search=Movie.title,
+    search=Movie.title_folded,
+    search_index="ix_movies_title_grams",
     filters={
         "released_from": lambda value: Movie.release_date >= value,
         "released_to": lambda value: Movie.release_date <= value,
     },
     sort_keys={
         "id": SortKey(Movie.id, negatable=True, from_json=_int),
-        "title": SortKey(folded(Movie.title), from_json=_str),
+        "title": SortKey(Movie.title_folded, from_json=_str),
         "release_date": SortKey(Movie.release_date, from_json=lambda value: date.fromisoformat(_str(value))),
     },
 )
@@ -112,6 +121,8 @@ AUDIT_COLUMNS = Columns(
     filters={
         "resource": lambda value: AuditEvent.resource == value,
         "resource_id": lambda value: AuditEvent.resource_id == value,
+        "actor_id": lambda value: concerning("actor_id", value),
+        "movie_id": lambda value: concerning("movie_id", value),
         "subject": lambda value: AuditEvent.subject == value,
         "action": lambda value: AuditEvent.action == value,
         "since": lambda value: AuditEvent.at >= value,
@@ -120,11 +131,6 @@ AUDIT_COLUMNS = Columns(
     sort_keys={"id": SortKey(AuditEvent.id, negatable=True, from_json=_int)},
     default_sort=(("id", True),),  # newest first
 )
-
-
-def like_pattern(q):
-    """?q= as an ILIKE pattern matching it anywhere, its wildcards escaped."""
-    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def sort_terms(sort):
@@ -177,32 +183,36 @@ class Listing:
         after = None
         if "cursor" in args:
             if "page" in args:
-                raise BadRequest("invalid query parameters: send either page or cursor, not both")
+                raise invalid_query(page="Send either page or cursor, not both.")
             criteria, after = self._read_cursor(args, list_key, criteria)
         terms = criteria["sort"]
         filters = tuple(name for name in self.columns.filters if name in criteria)
-        searching = "q" in criteria
         for name in filters:
-            parameters[name] = criteria[name]
-        if searching:
-            parameters["pattern"] = like_pattern(criteria["q"])
+            value = criteria[name]
+            parameters[name] = fold(value) if name in self.columns.folded_filters else value
         offset = 0 if after is not None else (args.get("page", 1) - 1) * per_page
-        unfiltered = self.whole_table and not (filters or searching)
         with connect() as connection:
+            search = None
+            if "q" in criteria:
+                search = self._search(connection, fold(criteria["q"]), parameters)
+            unfiltered = self.whole_table and not (filters or search)
+            shape = (filters, search, terms)
             if offset >= current_app.config["LIST_WINDOW"]:
-                return self._past_the_window(connection, filters, searching, unfiltered, terms, parameters, offset)
-            statement = self._statement("page", filters, searching, terms, after is not None)
+                return self._past_the_window(connection, shape, unfiltered, parameters, offset)
+            statement = self._statement("page", *shape, after is not None)
             if after is not None:
                 parameters.update({f"k{i}": value for i, value in enumerate(after)})
             limits = {"limit": per_page + 1, "offset": offset, "bound": self._bound()}
             found = rows(connection, statement, {**parameters, **limits})
+            # A page by number that ends the list shows how long it is (see _build_page).
+            ends_the_list = after is None and len(found) <= per_page and (len(found) > 0 or offset == 0)
             if found:
                 total = found[0]["_total"]
-            elif offset == 0 and after is None:
+            elif ends_the_list:
                 total = 0
             else:  # past the end, or every row after the cursor is gone: count apart
-                total = self._count(connection, filters, searching, unfiltered, terms, parameters)
-        exact = unfiltered or total <= self._bound()
+                total = self._count(connection, shape, unfiltered, parameters)
+        exact = unfiltered or ends_the_list or total <= self._bound()
         next_cursor = None
         if len(found) > per_page:
             found = found[:per_page]
@@ -224,66 +234,99 @@ class Listing:
         cursor = decode_cursor(args["cursor"])
         try:
             if cursor["list"] != list_key:
-                raise BadRequest("invalid query parameters: cursor: it belongs to another list")
+                raise invalid_query(cursor="It belongs to another list.")
             # The criteria travel in their query-string form: the list's own
-            # query schema reads them back, as it read them the first time.
-            carried = self.query_schema.load({name: str(value) for name, value in cursor["criteria"].items()})
+            # query schema reads them back, as it read them the first time
+            # (but `sort`, which a list that takes no ?sort= carries too).
+            query = {name: str(value) for name, value in cursor["criteria"].items()}
+            carried = self.query_schema.load(query, unknown=EXCLUDE)
             criteria = self._criteria(carried)
             keys = [self.columns.sort_keys[key] for key, _ in criteria["sort"]]
             after = [key.from_json(value) for key, value in zip(keys, cursor["after"], strict=True)]
         except (KeyError, TypeError, ValueError, AttributeError, ValidationError):
-            raise BadRequest("invalid query parameters: cursor: not a cursor of this list") from None
+            raise invalid_query(cursor="Not a cursor of this list.") from None
         contradicted = [name for name in sent if name in args and _differs(name, sent[name], criteria.get(name))]
         if contradicted:
-            raise BadRequest(
-                f"invalid query parameters: {', '.join(contradicted)}: the cursor continues a list with other "
-                "filters, search or sort; send the cursor alone (or with per_page)"
+            contradiction = (
+                "The cursor continues a list with other filters, search or sort; send the cursor alone (or with "
+                "per_page)."
             )
+            raise invalid_query(**dict.fromkeys(contradicted, contradiction))
         return criteria, after
 
     def _bound(self):
         return current_app.config["LIST_COUNT_BOUND"]
 
-    def _count(self, connection, filters, searching, unfiltered, terms, parameters):
-        statement = self._statement("count", filters, searching, terms, unfiltered)
+    def _search(self, connection, pattern, parameters):
+        """Bind ?q= (folded) and say how the list finds it: "index" when the
+        search index looks up its rarest pieces first, "scan" when each row
+        the list reads is checked (SQLite; or most rows match)."""
+        parameters["pattern"] = pattern
+        if connection.dialect.name != "postgresql" or self.columns.search_index is None:
+            return "scan"
+        pieces = pieces_to_look_up(pattern, shares(connection, self.columns.search_index))
+        if not pieces:
+            return "scan"
+        parameters["pieces"] = list(pieces)
+        return "index"
+
+    def _count(self, connection, shape, unfiltered, parameters):
+        statement = self._statement("count", *shape, unfiltered)
         [total] = rows(connection, statement, {**parameters, "bound": self._bound()})[0].values()
         return total
 
-    def _past_the_window(self, connection, filters, searching, unfiltered, terms, parameters, offset):
+    def _past_the_window(self, connection, shape, unfiltered, parameters, offset):
         """A page that starts past the window: an empty list when the list ends
-        before it, else a 400 pointing at cursors."""
-        total = self._count(connection, filters, searching, unfiltered, terms, parameters)
+        before it, else a 400 pointing at cursors. Found without reading as far
+        as the page: the list is known to end before it when its count ended
+        within the bound, when its table has no more rows than the offset, or
+        when it has no item past the window. A list longer than the window is
+        refused for every page past the window: telling whether this page is
+        past its end would mean reading that far."""
+        total = self._count(connection, shape, unfiltered, parameters)
         exact = unfiltered or total <= self._bound()
+        window = current_app.config["LIST_WINDOW"]
         if exact:
             holds_items = total > offset
-        else:  # the count stopped early: look for one item at the offset
-            statement = self._statement("exists", filters, searching, terms)
-            holds_items = connection.execute(statement, {**parameters, "offset": offset}).first() is not None
+        elif offset >= self._table_rows(connection):
+            holds_items = False
+        else:  # is there an item past the window?
+            statement = self._statement("exists", *shape)
+            holds_items = connection.execute(statement, {**parameters, "offset": window}).first() is not None
         if holds_items:
-            raise BadRequest(
-                f"invalid query parameters: page: pages reach the first {current_app.config['LIST_WINDOW']:,} "
-                "items; to go further, follow next_cursor (or the Link header) with ?cursor="
+            raise invalid_query(
+                page=f"Pages reach the first {window:,} items; to go further, follow next_cursor (or the Link "
+                "header) with ?cursor=."
             )
         return Page([], total if exact else self._bound(), exact, None)
 
+    def _table_rows(self, connection):
+        """How many rows the list's table holds (its counter row), which no list
+        of its rows exceeds; infinite for a table without a counter."""
+        counted = select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
+        n = connection.execute(counted).scalar()
+        return float("inf") if n is None else n
+
     # --- the statements, built once per shape ---------------------------------
 
-    def _statement(self, kind, filters, searching, terms, *shape):
-        key = (kind, filters, searching, terms, *shape)
+    def _statement(self, kind, filters, search, terms, *shape):
+        key = (kind, filters, search, terms, *shape)
         statement = self._statements.get(key)
         if statement is None:
-            statement = getattr(self, f"_build_{kind}")(filters, searching, terms, *shape)
+            statement = getattr(self, f"_build_{kind}")(filters, search, terms, *shape)
             # In id order, with no search or filter, the best plan is the same
             # whatever the values bound (the id index, or an owner's few castings).
-            if terms[0][0] == "id" and not (filters or searching):
+            if terms[0][0] == "id" and not (filters or search):
                 statement = prepared(statement)
             self._statements[key] = statement
         return statement
 
-    def _matching(self, filters, searching):
+    def _matching(self, filters, search):
         conditions = [self.columns.filters[name](bindparam(name)) for name in filters]
-        if searching:
-            conditions.append(self.columns.search.ilike(bindparam("pattern"), escape="\\"))
+        if search == "index":
+            conditions.append(holds_pieces(self.columns.search))
+        if search:
+            conditions.append(contains(self.columns.search, bindparam("pattern")))
         return self.rows.where(*conditions)
 
     def _order(self, terms):
@@ -301,33 +344,56 @@ class Listing:
                 order.append((expression, descending))
         return order
 
-    def _ordered(self, statement, order):
+    def _ordered(self, statement, order, search=None):
+        if search == "index":
+            # The search index finds few rows (search.py): look them up, then
+            # sort them. Ordered by an expression that no index serves, so that
+            # PostgreSQL cannot walk the list's order instead, hoping to meet
+            # matches early (it would read the whole table for a search that
+            # matches nothing).
+            order = [(_not_by_index(e), descending) for e, descending in order]
         return statement.order_by(*(e.desc() if descending else e.asc() for e, descending in order))
 
-    def _build_count(self, filters, searching, terms, unfiltered):
+    def _build_count(self, filters, search, terms, unfiltered):
         """The list's total: the table's counter row, or a count that stops at
         the bound. It reads the rows in the page's order, as the page does, so
         the planner walks the same index and stops early; unordered, it may
         build a bitmap of every match first, which grows with the table."""
         if unfiltered:
             return select(RowCount.n).where(RowCount.table_name == self.model.__tablename__)
-        matching = self._matching(filters, searching).with_only_columns(literal_column("1"), maintain_column_froms=True)
-        matching = self._ordered(matching, self._order(terms)).limit(bindparam("bound") + literal_column("1"))
+        matching = self._matching(filters, search).with_only_columns(literal_column("1"), maintain_column_froms=True)
+        matching = self._ordered(matching, self._order(terms), search).limit(bindparam("bound") + literal_column("1"))
         return select(func.count()).select_from(matching.subquery())
 
-    def _build_exists(self, filters, searching, terms):
-        matching = self._matching(filters, searching).with_only_columns(literal_column("1"), maintain_column_froms=True)
-        return self._ordered(matching, self._order(terms)).limit(1).offset(bindparam("offset"))
+    def _build_exists(self, filters, search, terms):
+        matching = self._matching(filters, search).with_only_columns(literal_column("1"), maintain_column_froms=True)
+        return self._ordered(matching, self._order(terms), search).limit(1).offset(bindparam("offset"))
 
-    def _build_page(self, filters, searching, terms, after_cursor):
+    def _build_page(self, filters, search, terms, after_cursor):
         order = self._order(terms)
-        statement = self._matching(filters, searching)
+        statement = self._matching(filters, search)
         if after_cursor:
             statement = statement.where(_after(order))
-        unfiltered = self.whole_table and not (filters or searching)
-        total = self._build_count(filters, searching, terms, unfiltered).scalar_subquery()
-        statement = statement.add_columns(*(e.label(f"_k{i}") for i, (e, _) in enumerate(order)), total.label("_total"))
-        return self._ordered(statement, order).limit(bindparam("limit")).offset(bindparam("offset"))
+        unfiltered = self.whole_table and not (filters or search)
+        count = self._build_count(filters, search, terms, unfiltered).scalar_subquery()
+        keys = [e.label(f"_k{i}") for i, (e, _) in enumerate(order)]
+        if unfiltered or after_cursor:  # the counter row; a cursor's page cannot see the items before it
+            statement = statement.add_columns(*keys, count.label("_total"))
+            return self._ordered(statement, order, search).limit(bindparam("limit")).offset(bindparam("offset"))
+        # A page by number that ends the list (fewer rows than the limit, the
+        # page and the one after it) shows how long the list is: the offset
+        # plus its rows. PostgreSQL runs a subquery in a CASE only when it
+        # reaches it, so the count runs only when the page does not end the list.
+        page = statement.add_columns(*keys)
+        page = self._ordered(page, order, search).limit(bindparam("limit")).offset(bindparam("offset")).cte("page")
+        shown = select(func.count()).select_from(page).scalar_subquery()
+        ends_the_list = and_(shown < bindparam("limit"), or_(shown > 0, bindparam("offset") == 0))
+        total = case((ends_the_list, bindparam("offset") + shown), else_=count)
+        keys = [page.c[f"_k{i}"] for i in range(len(order))]
+        ordered = select(page, total.label("_total")).order_by(
+            *(key.desc() if descending else key.asc() for key, (_, descending) in zip(keys, order, strict=True))
+        )
+        return ordered
 
 
 def _after(order):
@@ -345,9 +411,16 @@ def _after(order):
     return or_(*alternatives)
 
 
+def _not_by_index(expression):
+    """The same value, as an expression that no index serves."""
+    if isinstance(expression.type, String):
+        return expression.concat("")
+    return expression + 0
+
+
 def _differs(name, sent, carried):
-    if name in ("gender", "q") and carried is not None:  # both match ignoring case
-        return sent.lower() != carried.lower()
+    if name in ("gender", "q") and carried is not None:  # both match folded
+        return fold(sent) != fold(carried)
     return sent != carried
 
 
@@ -380,6 +453,14 @@ def _mac(payload):
     return hmac.new(current_app.extensions["cursor_key"], payload, hashlib.sha256).digest()[:16]
 
 
+def invalid_query(**messages):
+    """A 400 naming query parameters and what is wrong with each, in the shape
+    of the query schema's own (errors by parameter, each named in the message)."""
+    error = BadRequest()
+    error.data = {"messages": {"query": {name: [message] for name, message in messages.items()}}}
+    return error
+
+
 def encode_cursor(content):
     payload = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
     return f"{_b64(payload)}.{_b64(_mac(payload))}"
@@ -390,15 +471,15 @@ def decode_cursor(cursor):
         payload_text, mac_text = cursor.split(".")
         payload, mac = _unb64(payload_text), _unb64(mac_text)
     except (ValueError, binascii.Error):
-        raise BadRequest("invalid query parameters: cursor: malformed") from None
+        raise invalid_query(cursor="Malformed.") from None
     if not hmac.compare_digest(mac, _mac(payload)):
-        raise BadRequest("invalid query parameters: cursor: not one this API made (altered or truncated)")
+        raise invalid_query(cursor="Not one this API made (altered or truncated).")
     try:
         content = json.loads(payload)
     except ValueError:  # pragma: no cover (only a cursor this API signed gets here)
-        raise BadRequest("invalid query parameters: cursor: malformed") from None
+        raise invalid_query(cursor="Malformed.") from None
     if not isinstance(content, dict):  # pragma: no cover
-        raise BadRequest("invalid query parameters: cursor: malformed")
+        raise invalid_query(cursor="Malformed.")
     return content
 
 

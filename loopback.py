@@ -483,6 +483,48 @@ def clean_environment(**settings):
     return env
 
 
+def server_env(issuer, database_url, **more):
+    """A production server's settings (the Procfile's commands) for the tests,
+    with `issuer` (an Issuer) and a database, and nothing of the machine's or
+    .env. The rate limits out of the way, unless `more` says otherwise."""
+    return clean_environment(
+        DATABASE_URL=database_url,
+        AUTH0_ISSUER=issuer.issuer,
+        JWKS_URL=issuer.jwks_url,
+        API_AUDIENCE=issuer.audience,
+        PYTHONUNBUFFERED="1",
+        **{"RATE_LIMIT": "1000000/second", "RATE_LIMIT_ANONYMOUS": "1000000/second", **more},
+    )
+
+
+def release(issuer, database_url):
+    """The Procfile's release command (the migrations) on a database; an error
+    that says what it printed when it fails."""
+    result = run_procfile("release", server_env(issuer, database_url))
+    if result.returncode != 0:
+        raise RuntimeError(f"the release command failed: {result.stdout}{result.stderr}")
+
+
+def migrated_cluster(issuer, database):
+    """initdb, a database, and the Procfile's release command on it; then
+    stopped, to be copied by each test's cluster (Postgres.copy_of), which
+    saves seconds a cluster."""
+    pg = Postgres()
+    try:
+        pg.init()
+        pg.start()
+        pg.create_database(database)
+        release(issuer, pg.url(database))
+        tables = {row[0] for row in pg.query(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        if not {"actors", "movies", "castings", "alembic_version"} <= tables:
+            raise RuntimeError(f"the migrations made only {sorted(tables)}")
+        pg.stop()
+    except BaseException:
+        pg.close()
+        raise
+    return pg
+
+
 class Gunicorn:
     """The Procfile's web command from the repository's folder (so that
     ./gunicorn.conf.py applies), in its own process group, its output in a file;

@@ -7,7 +7,9 @@ but never the other side.
 """
 
 import contextlib
+import re
 import sqlite3
+import unicodedata
 import warnings
 
 from flask_sqlalchemy import SQLAlchemy
@@ -15,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Computed,
     Date,
     DateTime,
     ForeignKey,
@@ -23,12 +26,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    and_,
     event,
+    func,
+    literal_column,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import GenericFunction
 
 # Named constraints, so that migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -51,33 +55,60 @@ MAX_ID = 2**31 - 1
 _NO_ID_REUSE = {"sqlite_autoincrement": True}
 
 
+# --- folded text: what searches, sorts and the gender filter compare ----------------
+#
+# One fold, used everywhere text is compared: ?q= (on both sides), sorting by
+# name or title, ?gender=, a cursor's sort values and the tests' model of the
+# SPEC. The database keeps each folded value in a generated column (migration
+# 0005), computed by its own function: casting_fold, in SQL on PostgreSQL (it
+# must match `fold` character for character; test_lists.py checks every
+# assigned code point), and `fold` itself on SQLite, registered on each
+# connection below.
+
+# Accents: the marks of the "Combining Diacritical Marks" blocks, which
+# compatibility decomposition (NFKD) separates from Latin, Greek and Cyrillic
+# letters ("É" is "E" and U+0301).
+_ACCENTS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+# Letters that Unicode does not decompose, but that a reader takes for a base
+# letter with a mark, or for two letters (as PostgreSQL's unaccent does), and
+# the final sigma, which is a sigma.
+_BASE_LETTERS = str.maketrans(
+    {"ø": "o", "đ": "d", "ð": "d", "ł": "l", "ħ": "h", "ŧ": "t", "ı": "i", "ς": "σ"}
+    | {"æ": "ae", "œ": "oe", "þ": "th", "ß": "ss"}
+)
+
+
+def fold(text):
+    """`text` ignoring case and accents: "Zoë", "ZOE" and "zoe" fold alike, and
+    so do "Søren" and "Soren", "Straße" and "STRASSE". Decomposed (NFKD: "ﬁ" is
+    "fi", "Ａ" is "A"), in lower case, decomposed again ("İ" lowers to "i" and
+    a dot), without accents, and with the letters above replaced."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).lower())
+    return _ACCENTS.sub("", text).translate(_BASE_LETTERS)
+
+
+def _sqlite_fold(text):
+    return None if text is None else fold(text)
+
+
 @event.listens_for(Engine, "connect")
-def _sqlite_enforces_foreign_keys(dbapi_connection, connection_record):
-    # SQLite ignores ON DELETE CASCADE unless every connection turns this on.
+def _sqlite_connection(dbapi_connection, connection_record):
     if isinstance(dbapi_connection, sqlite3.Connection):
+        # SQLite ignores ON DELETE CASCADE unless every connection turns this on.
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # The generated columns' function (PostgreSQL's is in SQL, migration 0005).
+        dbapi_connection.create_function("casting_fold", 1, _sqlite_fold, deterministic=True)
 
 
-class folded(GenericFunction):
-    """A text column as lists sort it: lower case, compared byte by byte (code
-    point order), so the order ignores case the same way on every database and
-    under any server locale. Like `?q=`, it folds ASCII letters only (SQLite's
-    lower() does, and so does PostgreSQL's under the "C" collation)."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(folded)
-def _folded(element, compiler, **kw):
-    return f"lower({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(folded, "postgresql")
-def _folded_postgresql(element, compiler, **kw):
-    return f'lower({compiler.process(element.clauses, **kw)} COLLATE "C")'
+def _folded(column):
+    """The generated column that holds `column` folded. In byte order ("C") on
+    PostgreSQL, as SQLite compares: the same order on both, under any server
+    locale. A stored column, so that no list computes a fold per row it reads."""
+    return Column(
+        Text().with_variant(Text(collation="C"), "postgresql"), Computed(f"casting_fold({column})"), nullable=False
+    )
 
 
 # Indexes that exist on PostgreSQL only: SQLite is for development and tests,
@@ -90,16 +121,13 @@ def _postgresql_index(name, *expressions, **kwargs):
     return index.ddl_if(dialect="postgresql")
 
 
-def _search_index(table, column):
-    """?q= is a case-insensitive substring match (ILIKE '%q%'), which no B-tree
-    serves; on PostgreSQL a trigram GIN index does, so a search does not scan
-    the table. SQLite has no such index and scans."""
-    return _postgresql_index(
-        f"ix_{table}_{column}_trgm",
-        column,
-        postgresql_using="gin",
-        postgresql_ops={column: "gin_trgm_ops"},
-    )
+def _search_index(table, key, folded):
+    """?q= is a substring match on folded text, which no B-tree serves. On
+    PostgreSQL a GIN index of every piece of one, two and three characters of
+    the folded text (casting_grams, migration 0005) finds the rows that hold
+    the rarest pieces of a search, and the search checks the whole text on
+    those rows only (search.py). SQLite has no such index and scans."""
+    return _postgresql_index(f"ix_{table}_{key}_grams", func.casting_grams(folded), postgresql_using="gin")
 
 
 def _sort_indexes(table, key, column, negated_id):
@@ -146,13 +174,15 @@ class Actor(db.Model):
     age = Column(Integer, nullable=False)
     gender = Column(String(50), nullable=False)
     version = _version()
+    name_folded = _folded("name")
+    gender_folded = _folded("gender")
 
     __table_args__ = (
-        _search_index("actors", "name"),
-        *_sort_indexes("actors", "name", folded(name), -id),
+        _search_index("actors", "name", name_folded),
+        *_sort_indexes("actors", "name", name_folded, -id),
         *_sort_indexes("actors", "age", age, -id),
         # ?gender= compares folded genders: found (or found absent) without a scan.
-        _postgresql_index("ix_actors_gender_folded", folded(gender)),
+        _postgresql_index("ix_actors_gender_folded", gender_folded),
         _NO_ID_REUSE,
     )
 
@@ -164,10 +194,11 @@ class Movie(db.Model):
     title = Column(String(200), nullable=False)
     release_date = Column(Date, nullable=False)
     version = _version()
+    title_folded = _folded("title")
 
     __table_args__ = (
-        _search_index("movies", "title"),
-        *_sort_indexes("movies", "title", folded(title), -id),
+        _search_index("movies", "title", title_folded),
+        *_sort_indexes("movies", "title", title_folded, -id),
         *_sort_indexes("movies", "release_date", release_date, -id),
         _NO_ID_REUSE,
     )
@@ -196,20 +227,30 @@ class RowCount(db.Model):
     n = Column(BigInteger, nullable=False)
 
 
+def concerned(side_id, resource_id, resource, other):
+    """Which actor (or movie) an event concerns, from its columns: (the id,
+    the condition for concerning one). A casting's event concerns its
+    `side_id` (actor_id, or movie_id); an actor's (a movie's) own event its
+    `resource_id`; an event of the `other` resource ("movies", or "actors")
+    none. /audit's ?actor_id= and ?movie_id= compare them, served on
+    PostgreSQL by a partial index (migration 0006) that lists the events
+    newest first. `other` is written into the SQL, not bound, so that the
+    planner sees that the query's condition is the index's."""
+    return func.coalesce(side_id, resource_id), resource != literal_column(f"'{other}'")
+
+
+def _concerned_index(name, concerned_id, condition, event_id):
+    return _postgresql_index(f"ix_audit_events_concerned_{name}", concerned_id, event_id, postgresql_where=condition)
+
+
 class AuditEvent(db.Model):
     """One successful write: who made it, when, in which request, and the row
     as it was before and after (null for a create's before and a delete's
-    after). No foreign keys: the history of an actor outlives the actor.
-    The API shows `changes`, derived from before and after (schemas.py)."""
+    after; a delete's before also lists the castings it removed). No foreign
+    keys: the history of an actor outlives the actor. The API shows
+    `changes`, derived from before and after (schemas.py)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (
-        # /audit lists newest first, by id: these serve its filters in that order.
-        Index(None, "resource_id", "id"),
-        Index(None, "subject", "id"),
-        Index(None, "at"),
-        _NO_ID_REUSE,
-    )
 
     id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)  # SQLite's rowid is INTEGER
     at = Column(DateTime(timezone=True), nullable=False)
@@ -222,6 +263,24 @@ class AuditEvent(db.Model):
     before = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     after = Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True)
     request_id = Column(String(64), nullable=False)
+
+    __table_args__ = (
+        # /audit lists newest first, by id: these serve its filters in that order.
+        Index(None, "resource_id", "id"),
+        Index(None, "subject", "id"),
+        Index(None, "at"),
+        _concerned_index("actor_id", *concerned(actor_id, resource_id, resource, "movies"), id),
+        _concerned_index("movie_id", *concerned(movie_id, resource_id, resource, "actors"), id),
+        _NO_ID_REUSE,
+    )
+
+
+def concerning(name, value):
+    """/audit?actor_id= (name "actor_id") and ?movie_id=: the events that
+    concern that actor or movie, its own and its castings'."""
+    side, other = {"actor_id": (AuditEvent.actor_id, "movies"), "movie_id": (AuditEvent.movie_id, "actors")}[name]
+    concerned_id, condition = concerned(side, AuditEvent.resource_id, AuditEvent.resource, other)
+    return and_(concerned_id == value, condition)
 
 
 class AuthorizationCode(db.Model):
@@ -240,6 +299,12 @@ class AuthorizationCode(db.Model):
     expires_at = Column(BigInteger, nullable=False)  # Unix time, in seconds
 
 
+def shown(column):
+    """Whether a client sees this column: not the version (the ETag's) nor a
+    folded copy of another column."""
+    return column.key != "version" and column.computed is None
+
+
 def columns(row):
-    """A row's column values by name, but its version: the values a client sees."""
-    return {column.key: getattr(row, column.key) for column in row.__table__.columns if column.key != "version"}
+    """A row's column values by name, as a client sees them."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns if shown(column)}

@@ -20,7 +20,7 @@ from werkzeug.exceptions import BadRequest, NotFound, PreconditionFailed, Servic
 import etags
 import schemas
 import writes
-from api import NEXT_LINK_HEADER, ApiBlueprint, documented_errors, json_body, list_query, protected
+from api import NEXT_LINK_HEADER, ApiBlueprint, documented_errors, json_body, list_query, no_query, protected
 from database import execute, row_or_404
 from lists import ACTOR_COLUMNS, AUDIT_COLUMNS, MOVIE_COLUMNS, Listing, next_link
 from models import MAX_ID, Actor, AuditEvent, Casting, Movie
@@ -142,6 +142,7 @@ def service_blueprint():
 
     @blp.route("/")
     class Index(MethodView):
+        @no_query(blp)
         @blp.response(200, schemas.IndexSchema)
         def get(self):
             """Name the API and where its documentation is (no token needed)"""
@@ -154,6 +155,7 @@ def service_blueprint():
 
     @blp.route("/health")
     class Health(MethodView):
+        @no_query(blp)
         @blp.response(200, schemas.HealthSchema)
         @documented_errors(blp, 503)
         def get(self):
@@ -183,6 +185,7 @@ def resource_blueprint(res):
             return list_response(res.plural, page, args, request.path)
 
         @protected(blp, f"add:{res.plural}")
+        @no_query(blp, body=True)
         @json_body(blp, res.schema)
         @blp.response(201, res.item_envelope, headers={"Location": LOCATION_HEADER, "ETag": etags.ETAG_HEADER})
         def post(self, data):
@@ -195,6 +198,7 @@ def resource_blueprint(res):
     class Item(MethodView):
         @protected(blp, f"get:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
+        @no_query(blp)
         @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
         @blp.alt_response(304, description="Not modified: If-None-Match names the current ETag.")
         @blp.doc(parameters=[etags.IF_NONE_MATCH])
@@ -205,6 +209,7 @@ def resource_blueprint(res):
         @protected(blp, f"edit:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
         @conditional(blp)
+        @no_query(blp, body=True)
         @json_body(blp, res.patch_schema)
         @blp.response(200, res.item_envelope, headers={"ETag": etags.ETAG_HEADER})
         def patch(self, data, item, versions):
@@ -217,6 +222,7 @@ def resource_blueprint(res):
         @protected(blp, f"delete:{res.plural}")
         @fetch(blp, res.model, res.key, "item")
         @conditional(blp)
+        @no_query(blp)
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, item, versions):
             """Delete, with its castings (conditionally, with If-Match)"""
@@ -296,6 +302,7 @@ def casting_routes(blp):
         @protected(blp, "edit:movies")
         @fetch(blp, Movie, "movie_id", "movie")
         @fetch(blp, Actor, "actor_id", "actor")
+        @no_query(blp, body=True)
         @json_body(blp, schemas.CastingBodySchema, required=False)
         @blp.response(200, schemas.CastingEnvelopeSchema)
         @blp.alt_response(201, schema=schemas.CastingEnvelopeSchema, success=True)
@@ -307,6 +314,7 @@ def casting_routes(blp):
         @protected(blp, "edit:movies")
         @fetch(blp, Movie, "movie_id", "movie")
         @fetch(blp, Actor, "actor_id", "actor")
+        @no_query(blp)
         @blp.response(200, schemas.DeletedSchema)
         def delete(self, movie, actor):
             """Remove an actor from a movie's cast"""

@@ -1,12 +1,13 @@
 """One set of marshmallow schemas: request validation, response shapes and the
 OpenAPI description all come from here, so they cannot drift apart."""
 
+import difflib
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
 
 from marshmallow import (
-    EXCLUDE,
+    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -16,7 +17,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from models import db
+from models import MAX_ID, db, shown
 
 # --- fields -------------------------------------------------------------------
 
@@ -220,7 +221,9 @@ class PatchMixin:
     @validates_schema
     def not_empty(self, data, **kwargs):
         if not data:
-            raise ValidationError("Give at least one field to change.", "_schema")
+            # Said of the body as a whole: errors.py shows it without a field's name.
+            writable = [field.data_key or name for name, field in self.load_fields.items()]
+            raise ValidationError(f"Send at least one field to change: {', '.join(writable)}.")
 
 
 def patch_schema(schema):
@@ -256,16 +259,17 @@ class CastMovieSchema(MovieSchema):
 
 
 class QueryInteger(fields.Integer):
-    """A whole number in a query string: ASCII digits only (Python's int() would
-    also take "1_000", " 7" and other digits)."""
+    """A whole number in a query string: ASCII digits, maybe after a minus sign
+    (Python's int() would also take "1_000", " 7" and other digits). A negative
+    one is a whole number: its range says what is wrong with it."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value):
+        if not isinstance(value, str) or not re.fullmatch(r"-?[0-9]+", value):
             raise ValidationError("Not a whole number.")
         try:
             number = int(value)
         except ValueError:  # more digits than Python converts
-            raise ValidationError("Not a whole number.") from None
+            raise ValidationError("Too many digits.") from None
         for validator in self.validators:
             validator(number)
         return number
@@ -279,8 +283,8 @@ class QueryDate(fields.Date):
             raise ValidationError("Not a date: use YYYY-MM-DD.")
         try:
             return date.fromisoformat(value)
-        except ValueError:
-            raise ValidationError("Not a valid date.") from None
+        except ValueError:  # the form, but no such day (2021-02-30)
+            raise ValidationError("Not a date: use YYYY-MM-DD.") from None
 
 
 class SortKeys(fields.String):
@@ -297,7 +301,8 @@ class SortKeys(fields.String):
                 "pattern": f"^{no_repeat}{key}(?:,{key})*$",
                 "description": "Comma-separated keys, each optionally prefixed with `-` for descending: "
                 + ", ".join(f"`{k}`" for k in keys)
-                + ". Text compares ignoring case; ties are ordered by `id` (ascending unless the keys say `-id`). "
+                + ". Text compares ignoring case and accents (Émilie between Elliot and Eve); ties are ordered by "
+                "`id` (ascending unless the keys say `-id`). "
                 "Default `id`.",
                 "example": f"-{keys[-1]}",
             },
@@ -317,14 +322,91 @@ class SortKeys(fields.String):
         return tuple(terms)
 
 
-class PageQuerySchema(Schema):
-    """The query parameters every list takes (SPEC: "Lists at scale")."""
+# Names that other APIs give a parameter of ours, for the hint of an unknown one.
+_OTHER_NAMES = {
+    "limit": "per_page",
+    "page_size": "per_page",
+    "pagesize": "per_page",
+    "size": "per_page",
+    "offset": "page",
+    "search": "q",
+    "query": "q",
+    "name": "q",
+    "title": "q",
+    "order": "sort",
+    "order_by": "sort",
+    "orderby": "sort",
+    "sort_by": "sort",
+}
+
+
+def near_misses(name, known):
+    """The parameters of `known` that `name` is a near miss of, best first: the
+    same words in another order or run together (`min_age`, `agemin`:
+    `age_min`), another API's name for it (`limit`: `per_page`), its first
+    words (`actor`: `actor_id`; `age`: `age_min` or `age_max`), or a typo
+    (`genre`: `gender`). At most two."""
+    spelt = name.lower().replace("-", "_")
+    if len(spelt) > 40:  # no parameter's name is that long
+        return []
+    words, joined = sorted(spelt.split("_")), spelt.replace("_", "")
+    candidates = (
+        [k for k in known if sorted(k.split("_")) == words or k.replace("_", "") == joined],
+        [_OTHER_NAMES[spelt]] if _OTHER_NAMES.get(spelt) in known else [],
+        [k for k in known if len(spelt) >= 3 and k.startswith(spelt)],
+        difflib.get_close_matches(spelt, known, n=2, cutoff=0.6),
+    )
+    return next((found[:2] for found in candidates if found), [])
+
+
+def unknown_parameter(name, known):
+    """The message for an unknown query parameter: the one meant, for a near
+    miss, else those there are."""
+    if meant := near_misses(name, known):
+        return f"Unknown parameter. Did you mean {' or '.join(meant)}?"
+    if not known:
+        return "Unknown parameter: this operation takes no query parameters."
+    return f"Unknown parameter. Known: {', '.join(known)}."
+
+
+# How many unknown parameters of a request get a hint (errors.py names at most 20 bad ones).
+HINTED = 20
+
+
+class QuerySchema(Schema):
+    """Query parameters. An unknown one is a 400 that names it, and the one
+    meant when it is a near miss (SPEC: "Errors"): a misspelt filter must never
+    answer an unfiltered list. (marshmallow refuses unknown fields; the parser,
+    api.BodyParser, leaves that to the schema for query strings too.)"""
 
     class Meta:
-        unknown = EXCLUDE  # unknown query parameters are ignored
+        unknown = RAISE
+
+    def handle_error(self, error, data, **kwargs):
+        known = [field.data_key or name for name, field in self.load_fields.items()]
+        messages = error.normalized_messages()
+        unknown = [name for name in data if name not in known]  # in the order sent
+        if unknown:
+            # A hint for the first few (errors.py lists no more), the messages in the order sent.
+            hints = {name: [unknown_parameter(name, known)] for name in unknown[:HINTED]}
+            messages = {name: hints.get(name) or messages[name] for name in data if name in messages}
+            raise ValidationError(messages, data=data, valid_data=error.valid_data)
+
+
+class NoQuerySchema(QuerySchema):
+    """An operation that takes no query parameters: any is a 400."""
+
+
+# A page number past this starts past 2**63 items, even 100 to a page: past any
+# list, and past what a database's OFFSET holds (a 64-bit integer).
+MAX_PAGE = 2**63 // 100
+
+
+class PageQuerySchema(QuerySchema):
+    """The query parameters every list takes (SPEC: "Lists at scale")."""
 
     page = QueryInteger(
-        validate=validate.Range(min=1),
+        validate=validate.Range(min=1, max=MAX_PAGE, error="Pages start at 1 and go up to {max}."),
         metadata={
             "description": "The page, from 1 (default 1). Pages reach the first 10,000 items: beyond them, "
             "follow `next_cursor`. Not with `cursor`."
@@ -348,14 +430,17 @@ class ListQuerySchema(PageQuerySchema):
             validate.Length(max=200),
             validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000."),
         ],
-        metadata={"description": "Keep the items whose name or title contains this, ignoring case."},
+        metadata={
+            "description": "Keep the items whose name or title contains this, ignoring case and accents "
+            "(`zoe` finds Zoë, `ÉMILIE` finds Emilie)."
+        },
     )
 
 
 class ActorListQuerySchema(ListQuerySchema):
     gender = fields.String(
         validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\x00]*$", error="Must not contain U+0000.")],
-        metadata={"description": "Keep the actors of this gender, ignoring case.", "example": "female"},
+        metadata={"description": "Keep the actors of this gender, ignoring case and accents.", "example": "female"},
     )
     age_min = QueryInteger(
         validate=validate.Range(min=0, max=150), metadata={"description": "Keep the actors this old or older."}
@@ -382,19 +467,32 @@ class QueryDateTime(fields.DateTime):
             instant = None
         if instant is None or instant.tzinfo is None:
             raise ValidationError("Not a date-time with a zone: use e.g. 2026-11-29T10:00:00Z.")
-        return instant.astimezone(UTC)
+        try:
+            return instant.astimezone(UTC)
+        except OverflowError:
+            # In UTC it falls before year 1 or after 9999, where Python's dates
+            # end; no event is beyond that edge, so the edge is the same bound.
+            edge = datetime.min if instant.year == 1 else datetime.max
+            return edge.replace(tzinfo=UTC)
 
 
 AUDIT_ACTIONS = ("create", "update", "delete", "cast", "uncast")
 AUDIT_RESOURCES = ("actors", "movies", "castings")
 
 
+def _an_id(description):
+    """An id in a query string: up to the largest an id can be (so every
+    database binds it)."""
+    return QueryInteger(validate=validate.Range(min=0, max=MAX_ID), metadata={"description": description})
+
+
 class AuditQuerySchema(PageQuerySchema):
     resource = fields.String(validate=validate.OneOf(AUDIT_RESOURCES))
-    resource_id = QueryInteger(
-        validate=validate.Range(min=0),
-        metadata={"description": "Keep the events of this actor's or movie's id (castings have none)."},
+    resource_id = _an_id(
+        "Keep the events whose `resource_id` is this (an actor's or a movie's own; castings have none)."
     )
+    actor_id = _an_id("Keep the events that concern this actor: its own, and its castings'.")
+    movie_id = _an_id("Keep the events that concern this movie: its own, and its castings'.")
     subject = fields.String(
         validate=validate.Length(min=1, max=255), metadata={"description": "Keep the events of this token `sub`."}
     )
@@ -408,10 +506,11 @@ class AuditQuerySchema(PageQuerySchema):
 
 def _visible(row, resource):
     """A stored row as the API shows it: its columns in the table's order
-    (PostgreSQL's jsonb keeps its own), without the version (the ETag's)."""
+    (PostgreSQL's jsonb keeps its own), without the version (the ETag's) or
+    the folded copies of its text."""
     if row is None:
         return None
-    return {c.name: row[c.name] for c in db.metadata.tables[resource].c if c.name in row and c.name != "version"}
+    return {c.name: row[c.name] for c in db.metadata.tables[resource].c if c.name in row and shown(c)}
 
 
 def audit_changes(event):
@@ -424,6 +523,8 @@ def audit_changes(event):
         return {name: [before[name], value] for name, value in after.items() if before[name] != value}
     if action == "cast":
         return {"character": [before and before["character"], after["character"]]}
+    if "castings" in event["before"]:  # a delete: the castings it removed (recorded since migration 0006)
+        return {**before, "castings": event["before"]["castings"]}
     return before  # delete, uncast: the item as it was
 
 
@@ -454,7 +555,8 @@ class AuditEventSchema(Schema):
         metadata={
             "type": "object",
             "description": "An update: each changed field's `[old, new]`; a create: the fields written; a delete: "
-            "the item as it was; a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
+            "the item as it was, and in `castings` the castings it removed (each one's `movie_id` or `actor_id`, "
+            "and `character`); a cast: `character` as `[old, new]` (old null when newly cast); an uncast: the "
             "casting as it was.",
             **example({"age": [65, 66]}),
         },

@@ -3,15 +3,16 @@ and none for a refused or failed one, written atomically with the write;
 events that outlive what they describe; GET /audit with its filters, pages
 and cursors; and the trail replayed gives back the tables."""
 
+import concurrent.futures
 import datetime
 import random
 from unittest import mock
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 
 import writes
 from models import Actor, AuditEvent, Casting, Movie, db
-from testing import ACTOR, MOVIE, ApiTestCase
+from testing import ACTOR, MOVIE, ApiTestCase, assert_flat_cost, copy_rows, read_by, replay
 
 
 class AuditTestCase(ApiTestCase):
@@ -86,7 +87,13 @@ class EventsTest(AuditTestCase):
                     "delete",
                     "actors",
                     (actor, None, None),
-                    {"id": actor, "name": "Viola Davis", "age": 62, "gender": "Female"},
+                    {
+                        "id": actor,
+                        "name": "Viola Davis",
+                        "age": 62,
+                        "gender": "Female",
+                        "castings": [{"movie_id": movie, "character": "Mei"}],  # what the delete removed
+                    },
                 ),
             ),
         ]
@@ -130,12 +137,63 @@ class EventsTest(AuditTestCase):
                 self.assertLessEqual(started - datetime.timedelta(seconds=1), at)
                 self.assertLessEqual(at, datetime.datetime.now(datetime.UTC))
 
-    def test_deleting_a_movie_records_one_event_not_one_per_casting(self):
+    def test_deleting_a_movie_records_one_event_that_lists_its_castings(self):
         movie = self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))["id"]
-        for i in range(3):
-            self.add(Casting, movie_id=movie, actor_id=self.add(Actor, name=f"A{i}", age=30, gender="F")["id"])
+        actors = [self.add(Actor, name=f"A{i}", age=30, gender="F")["id"] for i in range(3)]
+        for actor, character in zip(actors, ("Ruth", None, "Mei"), strict=True):
+            self.add(Casting, movie_id=movie, actor_id=actor, character=character)
+        other = self.add(Movie, title="N", release_date=datetime.date(2021, 1, 1))["id"]
+        self.add(Casting, movie_id=other, actor_id=actors[0], character="Kept")
         self.write("DELETE", f"/movies/{movie}", 200)
-        self.assertEqual([(e["action"], e["resource"]) for e in self.events()], [("delete", "movies")])
+        [event] = self.events()
+        self.assertEqual((event["action"], event["resource"], event["resource_id"]), ("delete", "movies", movie))
+        self.assertEqual(
+            event["changes"],
+            {
+                "id": movie,
+                "title": "M",
+                "release_date": "2020-01-01",
+                "castings": [
+                    {"actor_id": actors[0], "character": "Ruth"},
+                    {"actor_id": actors[1], "character": None},
+                    {"actor_id": actors[2], "character": "Mei"},
+                ],
+            },
+        )
+        self.assertEqual(self.rows(Casting), [{"movie_id": other, "actor_id": actors[0], "character": "Kept"}])
+        # Nothing cast: the list is there, and empty.
+        self.write("DELETE", f"/actors/{actors[1]}", 200)
+        self.assertEqual(self.events()[0]["changes"]["castings"], [])
+
+    def test_a_refused_delete_removes_no_casting(self):
+        actor = self.add(Actor, **ACTOR)["id"]
+        movie = self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))["id"]
+        self.add(Casting, movie_id=movie, actor_id=actor, character="Ruth")
+        headers = {**self.headers(), "If-Match": f'"{actor}.9"'}
+        self.assertError(self.call("DELETE", f"/actors/{actor}", headers=headers), 412)
+        self.assertEqual(len(self.rows(Casting)), 1)
+        self.assertEqual(self.rows(AuditEvent), [])
+
+    def test_a_casting_added_while_its_actor_is_deleted_is_in_the_delete_event(self):
+        """A cast that has inserted its casting but not committed yet, while
+        the delete starts: the delete waits for it, removes the casting and
+        lists it, so the trail still holds everything the delete removed."""
+        actor = self.add(Actor, **ACTOR)["id"]
+        movie = self.add(Movie, title="M", release_date=datetime.date(2020, 1, 1))["id"]
+        with self.app.app_context():
+            pending = db.engine.connect()
+        self.addCleanup(pending.close)
+        transaction = pending.begin()
+        pending.execute(insert(Casting).values(movie_id=movie, actor_id=actor, character="Late"))
+        deleting = concurrent.futures.ThreadPoolExecutor(1)
+        self.addCleanup(deleting.shutdown)
+        answer = deleting.submit(self.call, "DELETE", f"/actors/{actor}")
+        # The delete waits for the pending casting's transaction, however long it takes.
+        self.assertRaises(concurrent.futures.TimeoutError, answer.result, timeout=0.5)
+        transaction.commit()
+        self.assertEqual(answer.result(timeout=30).status_code, 200)
+        [event] = self.events()
+        self.assertEqual(event["changes"]["castings"], [{"movie_id": movie, "character": "Late"}])
         self.assertEqual(self.rows(Casting), [])
 
     def test_refused_and_failed_writes_record_nothing(self):
@@ -236,6 +294,11 @@ class AuditListTest(AuditTestCase):
         self.write("DELETE", f"/actors/{self.other}", 200, headers=self.headers(token=producer))
         self.marks.append(datetime.datetime.now(datetime.UTC))
 
+    @staticmethod
+    def own(event, resource):
+        """The id of the actor or movie whose own event this is, if it is one of `resource`'s."""
+        return event["resource_id"] if event["resource"] == resource else None
+
     def at(self, i):
         """Mark i as the events spell an instant, so that strings compare as instants."""
         return self.marks[i].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -258,6 +321,14 @@ class AuditListTest(AuditTestCase):
             (f"since={self.at(1)}&until={self.at(2)}", lambda e: self.at(1) <= e["at"] < self.at(2)),
             (f"since={self.at(3)}", lambda e: False),
             ("since=2000-01-01T00:00:00%2B05:00", lambda e: True),  # any zone
+            # An actor's or a movie's events: its own, and its castings'.
+            (f"actor_id={self.actor}", lambda e: self.actor in (e["actor_id"], self.own(e, "actors"))),
+            (f"actor_id={self.other}", lambda e: self.other in (e["actor_id"], self.own(e, "actors"))),
+            (f"movie_id={self.movie}", lambda e: self.movie in (e["movie_id"], self.own(e, "movies"))),
+            (f"actor_id={self.actor}&resource=castings", lambda e: e["actor_id"] == self.actor),
+            (f"actor_id={self.actor}&movie_id={self.movie}", lambda e: e["resource"] == "castings"),
+            (f"movie_id={self.actor}", lambda e: e["movie_id"] == self.actor or self.own(e, "movies") == self.actor),
+            ("actor_id=2147483647", lambda e: False),
         ]
         for query, keep in cases:
             with self.subTest(query):
@@ -283,10 +354,38 @@ class AuditListTest(AuditTestCase):
             ("until=yesterday", "until"),
             ("subject=", "subject"),
             ("page=0", "page"),
+            ("actor_id=-1", "actor_id"),
+            ("movie_id=x", "movie_id"),
+            ("actor_id=2147483648", "actor_id"),  # past any id
+            ("resource_id=9223372036854775808", "resource_id"),  # past 64 bits (SQLite could not bind it)
+            ("movie_id=" + "9" * 5000, "movie_id"),  # more digits than Python converts
+            ("actor=7", "actor: Unknown parameter. Did you mean actor_id?"),
+            ("resource_type=actors", "resource_type: Unknown parameter. Did you mean resource"),
         ]
         for query, named in cases:
             with self.subTest(query):
                 self.assertError(self.call("GET", f"/audit?{query}"), 400, named)
+
+    def test_any_instant_from_year_1_to_9999_is_a_bound(self):
+        """Instants whose UTC falls before year 1 or after 9999 (where Python's
+        dates end) are bounds like any other: every event, or none."""
+        every = [e["id"] for e in self.events()]
+        cases = [
+            ("since=0001-01-01T00:00:00%2B01:00", every),
+            ("since=0001-01-01T00:00:00Z", every),
+            ("until=9999-12-31T23:00:00-02:00", every),
+            ("until=9999-12-31T23:59:59.999999Z", every),
+            ("since=9999-12-31T23:59:59-14:00", []),
+            ("until=0001-01-01T00:00:00%2B14:00", []),
+            ("since=0001-01-01T00:00:00%2B01:00&until=9999-12-31T23:00:00-02:00", every),
+        ]
+        for query, expected in cases:
+            with self.subTest(query):
+                self.assertEqual([e["id"] for e in self.events(f"?{query}")], expected)
+        # A cursor carries such a bound too.
+        first = self.call("GET", "/audit?since=0001-01-01T00:00:00%2B01:00&per_page=2").get_json()
+        rest = self.events(f"?cursor={first['next_cursor']}&per_page=100&since=0001-01-01T00:00:00%2B01:00")
+        self.assertEqual([e["id"] for e in first["events"] + rest], every)
 
     def test_a_walk_by_cursor_sees_every_event_once_newest_first(self):
         every = [e["id"] for e in self.events()]
@@ -303,6 +402,39 @@ class AuditListTest(AuditTestCase):
         first = self.call("GET", "/audit?resource=actors&per_page=1").get_json()
         rest = self.call("GET", f"/audit?cursor={first['next_cursor']}&per_page=10").get_json()
         self.assertEqual([e["id"] for e in first["events"] + rest["events"]], filtered)
+
+
+class WhatHappenedToThisActorTest(AuditTestCase):
+    """The README's example: an actor cast as "Projectionist", then deleted."""
+
+    def test_an_actors_history_and_what_its_delete_removed(self):
+        actor = self.write("POST", "/actors", 201, json=ACTOR).get_json()["actor"]["id"]
+        movie = self.write("POST", "/movies", 201, json=MOVIE).get_json()["movie"]["id"]
+        other = self.write("POST", "/actors", 201, json={**ACTOR, "name": "Someone Else"}).get_json()["actor"]["id"]
+        self.write("PUT", f"/movies/{movie}/actors/{actor}", 201, json={"character": "Projectionist"})
+        self.write("PUT", f"/movies/{movie}/actors/{other}", 201)
+        self.write("DELETE", f"/actors/{actor}", 200)
+        self.assertEqual(self.call("GET", f"/movies/{movie}/actors").get_json()["total_actors"], 1)
+
+        history = self.events(f"?actor_id={actor}")
+        self.assertEqual(
+            [(e["action"], e["resource"], e["resource_id"], e["movie_id"], e["actor_id"]) for e in history],
+            [
+                ("delete", "actors", actor, None, None),
+                ("cast", "castings", None, movie, actor),
+                ("create", "actors", actor, None, None),
+            ],
+        )
+        self.assertEqual(
+            history[0]["changes"],
+            {**ACTOR, "id": actor, "castings": [{"movie_id": movie, "character": "Projectionist"}]},
+        )
+        # The movie's: its own and its castings' (the actor's delete is the actor's own event).
+        movie_history = self.events(f"?movie_id={movie}")
+        self.assertEqual(
+            [(e["action"], e["resource"], e["actor_id"]) for e in movie_history],
+            [("cast", "castings", other), ("cast", "castings", actor), ("create", "movies", None)],
+        )
 
 
 class ReplayTest(AuditTestCase):
@@ -356,32 +488,6 @@ def walk(test):
     return list(reversed(events))
 
 
-def replay(events):
-    """The tables that these events, applied in order to empty ones, leave."""
-    tables = {"actors": {}, "movies": {}, "castings": {}}
-    for event in events:
-        table = tables[event["resource"]]
-        if event["resource"] == "castings":
-            key = (event["movie_id"], event["actor_id"])
-            if event["action"] == "cast":
-                table[key] = {"movie_id": key[0], "actor_id": key[1], "character": event["changes"]["character"][1]}
-            else:
-                del table[key]
-            continue
-        key = (event["resource_id"],)
-        if event["action"] == "create":
-            table[key] = {"id": key[0], **event["changes"]}
-        elif event["action"] == "update":
-            table[key].update({name: new for name, (_old, new) in event["changes"].items()})
-        else:
-            del table[key]
-            # The castings that went with it are not recorded one by one.
-            side = "movie_id" if event["resource"] == "movies" else "actor_id"
-            for pair in [pair for pair, casting in tables["castings"].items() if casting[side] == key[0]]:
-                del tables["castings"][pair]
-    return tables
-
-
 def _dated(row):
     return {name: value.isoformat() if isinstance(value, datetime.date) else value for name, value in row.items()}
 
@@ -392,3 +498,55 @@ class DeletedRowsTest(AuditTestCase):
         with self.app.app_context(), db.engine.begin() as connection:
             connection.execute(delete(Actor))
         self.assertEqual(len(self.events(f"?resource_id={actor}")), 1)
+
+
+class FlatCostTest(AuditTestCase):
+    """On PostgreSQL /audit?actor_id= and ?movie_id= read about as many rows at
+    120,000 events as at 30,000 (migration 0006's indexes), counted from the
+    plans of the very statements the requests run. Actor 7 and movie 7 have
+    events among the oldest 30,000 only, so that a scan of the newest first
+    would read every later one. The count stops at 100, which their events
+    pass: below the bound a count grows with the matches, by design."""
+
+    config = {"LIST_COUNT_BOUND": 100}
+    PATHS = [
+        "/audit?actor_id=7",
+        "/audit?movie_id=7",
+        "/audit?actor_id=7&per_page=100",
+        "/audit?actor_id=7&action=cast",
+        "/audit?movie_id=7&resource=movies",
+        "{deep cursor}",
+    ]
+
+    def setUp(self):
+        super().setUp()
+        with self.app.app_context():
+            if db.engine.dialect.name != "postgresql":
+                self.skipTest("the indexes that bound the cost exist on PostgreSQL only")
+        self.events_made = 0
+
+    def grow_to(self, count):
+        """Events of 20 actors and 20 movies, their own and their castings', a
+        third each: ids 1 to 20 in the first 30,000, then 8 to 27."""
+        lines = []
+        for i in range(self.events_made + 1, count + 1):
+            first = 1 if i <= 30_000 else 8
+            resource = ("actors", "movies", "castings")[i % 3]
+            own = "\\N" if resource == "castings" else i % 20 + first
+            movie, actor = (i % 20 + first, (i // 3) % 20 + first) if resource == "castings" else ("\\N", "\\N")
+            action = "uncast" if resource == "castings" else "delete"  # whose changes are the row before: {}
+            at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=i)
+            row = (i, at.isoformat(), "auth0|test", action, resource, own, movie, actor, "{}", f"r{i}")
+            lines.append("\t".join(map(str, row)) + "\n")
+        columns = "(id, at, subject, action, resource, resource_id, movie_id, actor_id, before, request_id)"
+        copy_rows(self, [("audit_events", columns, lines)])
+        self.events_made = count
+
+    def measure(self):
+        path = "/audit?actor_id=7&per_page=100"
+        for _ in range(3):
+            path = f"/audit?cursor={self.call('GET', path).get_json()['next_cursor']}&per_page=100"
+        return {p: read_by(self, path if p == "{deep cursor}" else p) for p in self.PATHS}
+
+    def test_an_actors_or_a_movies_events_read_as_many_rows_at_120000_events_as_at_30000(self):
+        assert_flat_cost(self, 30_000, 120_000)

@@ -190,6 +190,9 @@ class ConfigTest(unittest.TestCase):
             ({"DB_POOL_SIZE": "7"}, "https://from-dotenv.example", 7, "postgresql+psycopg2://u@from-dotenv/d"),
             ({}, "https://from-dotenv.example", 3, "postgresql+psycopg2://u@from-dotenv/d"),
             ({"FLASK_SKIP_DOTENV": "1"}, "", 5, None),
+            # An empty variable is the default, .env's value or not: `DATABASE_URL= flask run` is on SQLite.
+            ({"DATABASE_URL": ""}, "https://from-dotenv.example", 3, None),
+            ({"DB_POOL_SIZE": "", "CORS_ORIGINS": ""}, "", 5, "postgresql+psycopg2://u@from-dotenv/d"),
         ]
         with tempfile.TemporaryDirectory() as root:
             with open(os.path.join(root, ".env"), "w") as env_file:

@@ -171,8 +171,8 @@ class PreparedStatementRecoveryTest(ApiTestCase):
         ("cached plan must not change result type"): the old release still
         serving while a deploy's release phase migrates."""
         with self.app.app_context(), db.engine.begin() as connection:
-            connection.execute(text("ALTER TABLE actors ALTER COLUMN gender TYPE varchar(60)"))
-        self.addCleanup(self.restore_gender)
+            connection.execute(text("ALTER TABLE actors ALTER COLUMN age TYPE bigint"))
+        self.addCleanup(self.restore_age)
         for _ in range(2):
             self.assertEqual(self.read(), self.answers)
 
@@ -200,9 +200,9 @@ class PreparedStatementRecoveryTest(ApiTestCase):
             self.assertEqual(cursor.fetchall()[0][:2], (int(actor), ACTOR["name"]))
         self.assertEqual([sql.split()[0] for sql in sent], ["PREPARE"] * 4 + ["SELECT"])
 
-    def restore_gender(self):
+    def restore_age(self):
         with self.app.app_context(), db.engine.begin() as connection:
-            connection.execute(text("ALTER TABLE actors ALTER COLUMN gender TYPE varchar(50)"))
+            connection.execute(text("ALTER TABLE actors ALTER COLUMN age TYPE integer"))
 
 
 class RequestSettingsTest(ApiTestCase):

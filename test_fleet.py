@@ -17,7 +17,7 @@ Redis, both started by the test on free ports of 127.0.0.1.
 
 Clients other than 127.0.0.1 are other loopback addresses (127.0.0.2, ...), so
 each test has addresses of its own. The harness (PostgreSQL, gunicorn, HTTP)
-is test_production.py's.
+is loopback.py's, as test_production.py's is.
 """
 
 import http.client
@@ -37,11 +37,13 @@ from collections import namedtuple
 import redis
 
 import loopback
-import test_production as production
 import testing
 from auth import ROLES
-from loopback import HOST, REPO, Gunicorn, Reply, call, free_port
+from loopback import HOST, REPO, Gunicorn, Reply, call, concurrently, free_port, migrated_cluster, server_env
+from testing import actor, tag
 
+DATABASE = "casting_agency"
+PRODUCER = "Executive Producer"
 PER_SUBJECT = 30
 PER_ADDRESS = 10
 FALLING_BACK = "rate-limit counters unreachable in Redis"
@@ -179,7 +181,7 @@ class FleetTest(unittest.TestCase):
         cls.addClassCleanup(shutil.rmtree, cls.dir, ignore_errors=True)
         cls.issuer = loopback.Issuer(testing.ISSUER, testing.AUDIENCE)
         cls.addClassCleanup(cls.issuer.stop)
-        cls.pg = production.migrated_cluster()
+        cls.pg = migrated_cluster(testing.ISSUER_ON_LOOPBACK, DATABASE)
         cls.addClassCleanup(cls.pg.close)
         cls.pg.start()
         cls.redis = RedisServer(cls.dir)
@@ -192,9 +194,9 @@ class FleetTest(unittest.TestCase):
     @classmethod
     def instance(cls, name, cleanup=None, **settings):
         """Another production server of the fleet (same database, same Redis)."""
-        env = production.server_env(
+        env = server_env(
             cls.issuer,
-            cls.pg.url(production.DATABASE),
+            cls.pg.url(DATABASE),
             PORT=str(free_port()),
             WEB_CONCURRENCY="2",
             XDG_RUNTIME_DIR=cls.dir,
@@ -213,7 +215,7 @@ class FleetTest(unittest.TestCase):
     # --- requests -------------------------------------------------------------
 
     def token(self, sub=None, **claims):
-        return self.issuer.token(ROLES[production.PRODUCER], sub=sub or f"auth0|{uuid.uuid4().hex}", **claims)
+        return self.issuer.token(ROLES[PRODUCER], sub=sub or f"auth0|{uuid.uuid4().hex}", **claims)
 
     def call(self, server, path="/actors", token=None, source=None, headers=None, method="GET", body=None):
         return call(server.port, method, path, token=token, body=body, headers=headers, source=source)
@@ -253,7 +255,7 @@ class FleetTest(unittest.TestCase):
         for i in range(10):
             self.assertLimited(self.call(self.fleet[i % 2], token=token), 200, PER_SUBJECT, PER_SUBJECT - 1 - i)
         # The rest of the budget, raced from many clients on both instances.
-        replies = production.concurrently(
+        replies = concurrently(
             [lambda i=i: self.call(self.fleet[i % 2], token=token) for i in range(2 * (PER_SUBJECT - 10))],
             workers=16,
         )
@@ -284,7 +286,7 @@ class FleetTest(unittest.TestCase):
         for i in range(3 * PER_ADDRESS):
             forged = [
                 self.token(headers={"kid": f"forged-{uuid.uuid4().hex}"}),
-                self.issuer.token(ROLES[production.PRODUCER], key=loopback.rsa_key()),  # a signature to check
+                self.issuer.token(ROLES[PRODUCER], key=loopback.rsa_key()),  # a signature to check
                 None,
                 self.token(),  # valid, but never verified: an address over budget is answered first
             ][i % 4]
@@ -372,11 +374,11 @@ class FleetTest(unittest.TestCase):
     def sigterm_under_load(self, every_process):
         server = self.instance("sigterm", cleanup=self.addCleanup, RATE_LIMIT="1000000/hour")
         tokens = [self.token() for _ in range(6)]
-        names = f"{production.tag()} streamed"
+        names = f"{tag()} streamed"
 
         def send(client, n):
             if client % 2:  # writes too: their fate must be known
-                body = production.actor(f"{names} {client}-{n}")
+                body = actor(f"{names} {client}-{n}")
                 return attempt(server.port, "POST", "/actors", tokens[client], body)
             return attempt(server.port, "GET", "/actors?per_page=5", tokens[client])
 
@@ -404,7 +406,7 @@ class FleetTest(unittest.TestCase):
         # Every write that was answered 201 is in the database, and no other.
         created = sorted(reply.json()["actor"]["id"] for reply in answered if reply.status == 201)
         sql = "SELECT id FROM actors WHERE name LIKE %s ORDER BY id"
-        rows = self.pg.query(production.DATABASE, sql, (f"{names} %",))
+        rows = self.pg.query(DATABASE, sql, (f"{names} %",))
         self.assertEqual([row[0] for row in rows], created)
 
 

@@ -9,6 +9,12 @@ and the row before and after it. Both happen or neither does:
 - Elsewhere (SQLite) in one transaction, begun IMMEDIATE so that no other
   writer gets between the read of the old row and the write.
 
+Deleting an actor or a movie removes its castings too, and its event lists
+them (each casting's other side and character), so that the trail holds what
+the delete removed. On PostgreSQL the statement deletes them itself (ON DELETE
+CASCADE would remove them unseen) after a lock on the row, taken in the same
+transaction, has made any casting being added meanwhile commit first or fail.
+
 A change that sets what is already there changes nothing and records nothing,
 and a row's version (which its ETag carries) moves only with a change. A
 conditional write (If-Match) compares the version inside that same statement
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy import and_, delete, func, insert, literal, null, or_, select, true, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 from werkzeug.exceptions import NotFound, ServiceUnavailable
@@ -98,19 +105,34 @@ def change(table, key, values, by, versions=None, action="update"):
             return Change(before, dict(after))
 
 
+# The castings of an actor (a movie) name it in this column, and their other side in that one.
+CASTING_SIDES = {"actors": ("actor_id", "movie_id"), "movies": ("movie_id", "actor_id")}
+
+
 def remove(table, key, by, versions=None, action="delete"):
     """DELETE the row whose primary key is `key`, when its version is one of
-    `versions` (None: any), and its event: the row as it was, or None."""
+    `versions` (None: any), with its castings, and its event: the row as it
+    was (and the castings it had), or None."""
     statement = delete(table).where(_matches(table, key, versions)).returning(*table.c)
+    sides = CASTING_SIDES.get(table.name)
     with connect() as connection:
         if _one_statement(connection):
-            old = statement.cte("old")
-            row = connection.execute(select(*old.c).add_cte(_record(by, action, table, old, None))).mappings().first()
+            with _transaction(connection) if sides else contextlib.nullcontext():
+                if sides:
+                    # Adding a casting locks its actor and its movie (FOR KEY SHARE, the
+                    # foreign key's check): this waits for any such one to commit, and
+                    # holds off the next, so the statement below sees every casting.
+                    connection.execute(select(table.c.id).where(_matches(table, key)).with_for_update())
+                old = statement.cte("old")
+                castings = _delete_castings(old, *sides) if sides else None
+                event = _record(by, action, table, old, None, castings)
+                row = connection.execute(select(*old.c).add_cte(event)).mappings().first()
         else:
             with _transaction(connection):
+                castings = _castings_of(connection, key["id"], *sides) if sides else None
                 row = connection.execute(statement).mappings().first()
                 if row is not None:
-                    _record_now(connection, by, action, table, row, None)
+                    _record_now(connection, by, action, table, row, None, castings)
     return None if row is None else dict(row)
 
 
@@ -155,7 +177,7 @@ def _one_statement(connection):
 @contextlib.contextmanager
 def _transaction(connection):
     # The requests' engine is in autocommit mode: the transaction is spelled out.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    connection.exec_driver_sql("BEGIN" if _one_statement(connection) else "BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
@@ -202,22 +224,49 @@ def _event(by, action, table, row):
     }
 
 
-def _record(by, action, table, old, new):
+def _delete_castings(old, own, other):
+    """PostgreSQL: the DELETE of the castings of the row that `old` (a CTE)
+    deletes, as a CTE returning each one's other side and character. Only the
+    castings it deleted itself: one that another request removed meanwhile is
+    that request's to record."""
+    castings = Casting.__table__
+    statement = delete(castings).where(castings.c[own].in_(select(old.c.id)))
+    return statement.returning(castings.c[other], castings.c.character).cte("castings_gone")
+
+
+def _castings_of(connection, row_id, own, other):
+    """Elsewhere: the castings of a row, each one's other side and character."""
+    castings = Casting.__table__
+    statement = select(castings.c[other], castings.c.character).where(castings.c[own] == row_id)
+    return [dict(row) for row in connection.execute(statement.order_by(castings.c[other])).mappings()]
+
+
+def _record(by, action, table, old, new, castings=None):
     """PostgreSQL: the INSERT of the event, as a CTE, from the write's CTEs
-    `old` (the row before) and `new` (after); either may be None."""
+    `old` (the row before) and `new` (after); either may be None. `castings`:
+    a CTE of the castings a delete removed, which `before` lists."""
     source = old if old is not None else new
     event = _event(by, action, table, source.c)
     event["before"] = null() if old is None else func.to_jsonb(old.table_valued())
+    if castings is not None:
+        other = castings.c[0]
+        each = func.jsonb_build_object(other.name, other, "character", castings.c.character)
+        listed = func.coalesce(func.jsonb_agg(aggregate_order_by(each, other)), func.jsonb_build_array())
+        removed = func.jsonb_build_object("castings", select(listed).scalar_subquery())
+        event["before"] = event["before"].op("||")(removed)
     event["after"] = null() if new is None else func.to_jsonb(new.table_valued())
     values = [v if isinstance(v, ColumnElement) else null() if v is None else literal(v) for v in event.values()]
     sources = source if old is None or new is None else old.join(new, _same_row(table, old, new))
     return insert(AuditEvent).from_select(list(event), select(*values).select_from(sources)).cte("event")
 
 
-def _record_now(connection, by, action, table, before, after):
+def _record_now(connection, by, action, table, before, after, castings=None):
     """Elsewhere: INSERT the event, in the write's transaction."""
     event = _event(by, action, table, after if after is not None else before)
-    connection.execute(insert(AuditEvent).values(**event, before=_jsonable(before), after=_jsonable(after)))
+    before = _jsonable(before)
+    if castings is not None:
+        before["castings"] = castings
+    connection.execute(insert(AuditEvent).values(**event, before=before, after=_jsonable(after)))
 
 
 def _jsonable(row):

@@ -1,7 +1,7 @@
 """the local issuer's authorization codes
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-05
 
 `authorization_codes`: the codes of the local issuer's sign-in from /docs
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
