@@ -581,24 +581,13 @@ class Gunicorn:
 
 
 def on_sqlite(folder, issuer, **settings):
-    """The environment of a production start on a SQLite file in `folder`,
+    """The settings of a production server on a SQLite file in `folder`,
     migrated by the Procfile's release command: a server of its own, for tests
     that need no PostgreSQL (SQLite serves several gunicorn workers' reads)."""
-    env = clean_environment(
-        DATABASE_URL=f"sqlite:///{os.path.join(folder, 'casting.db')}",
-        AUTH0_ISSUER=issuer.issuer,
-        JWKS_URL=issuer.jwks_url,
-        API_AUDIENCE=issuer.audience,
-        RATE_LIMIT="1000000/second",
-        RATE_LIMIT_ANONYMOUS="1000000/second",
-        # gunicorn's control socket goes to $XDG_RUNTIME_DIR (else ~/.gunicorn/): each its own.
-        XDG_RUNTIME_DIR=folder,
-        **settings,
-    )
-    result = run_procfile("release", env)
-    if result.returncode != 0:
-        raise RuntimeError(f"the release command failed: {result.stdout}{result.stderr}")
-    return {**env, "PORT": str(free_port())}
+    database_url = f"sqlite:///{os.path.join(folder, 'casting.db')}"
+    release(issuer, database_url)
+    # gunicorn's control socket goes to $XDG_RUNTIME_DIR (else ~/.gunicorn/): each its own.
+    return server_env(issuer, database_url, PORT=str(free_port()), XDG_RUNTIME_DIR=folder, **settings)
 
 
 def children(pid):
