@@ -367,11 +367,12 @@ class TextLogsTest(ServerTestCase):
         ]
         for headers, trace in cases:
             with self.subTest(headers):
-                reply = self.call("GET", f"/health?{SECRET_WORD}", headers=headers)
+                token = self.issuer.role_token("Casting Assistant")
+                reply = self.call("GET", f"/actors?q={SECRET_WORD}", token=token, headers=headers)
                 match = self.LINE.fullmatch(self.access_line(reply))
                 self.assertIsNotNone(match, self.access_line(reply))
                 self.assertEqual(
-                    match.group(1, 2, 3, 4, 6), ("GET", "/health", "200", reply.headers["X-Request-ID"], trace)
+                    match.group(1, 2, 3, 4, 6), ("GET", "/actors", "200", reply.headers["X-Request-ID"], trace)
                 )
         log = self.server.log()
         self.assertNotIn(invalid, log)
