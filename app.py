@@ -10,10 +10,10 @@ owns one concern:
 - api.py: flask-smorest (validation, answers, the OpenAPI description, /docs);
 - local_signin.py: signing in from /docs while the app is its own issuer;
 - resources.py: the routes;
-- errors.py: the JSON error envelope; hooks.py: what every request goes through.
+- errors.py: the JSON error envelope; hooks.py: what every request goes through;
+- metrics.py, logs.py: what an operator sees (/metrics, the log lines).
 """
 
-import logging
 import weakref
 from inspect import iscoroutinefunction
 
@@ -29,6 +29,8 @@ from config import load_config
 from database import init_database
 from lists import init_lists
 from local_signin import init_local_signin
+from logs import init_logs
+from metrics import init_metrics
 from models import db
 from ratelimit import HEADERS as RATE_LIMIT_HEADERS
 from ratelimit import init_rate_limits
@@ -41,7 +43,7 @@ def create_app(test_config=None):
     app = CastingFlask(__name__, static_folder=None, instance_path=(test_config or {}).get("INSTANCE_PATH"))
     load_config(app, test_config)
     app.json.sort_keys = False  # keep "success" first and fields in schema order
-    logging.basicConfig(level=logging.INFO)
+    init_logs(app)
 
     init_database(app)
     init_lists(app)
@@ -56,6 +58,7 @@ def create_app(test_config=None):
     errors.register_error_handlers(app)
     hooks.init_hooks(app)
     init_rate_limits(app)
+    init_metrics(app)
 
     app.cli.add_command(token_command)
     app.cli.add_command(seed_command)

@@ -38,6 +38,7 @@ from flask import current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import Forbidden, ServiceUnavailable, Unauthorized
 
+import metrics
 from config import ConfigError, instance_file
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ class JWKSKeys:
                     if isinstance(kid, str):
                         keys[kid] = jwt.PyJWK(jwk, algorithm="RS256").key
         except Exception as exc:  # any failure: keep what we have
+            metrics.count_jwks_fetch(succeeded=False)
             log.warning("fetching the JWKS from %s failed: %s", self.url, exc)
             return
+        metrics.count_jwks_fetch(succeeded=True)
         self._keys = keys
         self._fetched_at = time.monotonic()
 

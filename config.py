@@ -10,7 +10,7 @@ import secrets
 import tempfile
 
 import click
-from dotenv import load_dotenv
+from dotenv import dotenv_values, load_dotenv
 from flask.helpers import get_load_dotenv
 
 MIB = 1024 * 1024
@@ -78,6 +78,9 @@ def load_config(app, test_config):
         "RATE_LIMIT": env.get("RATE_LIMIT", "600/minute"),
         "RATE_LIMIT_ANONYMOUS": env.get("RATE_LIMIT_ANONYMOUS", "60/minute"),
         "TRUSTED_PROXY_HOPS": env.get("TRUSTED_PROXY_HOPS", "0"),
+        # Monitoring (metrics.py, logs.py): /metrics is off without a token.
+        "METRICS_TOKEN": env.get("METRICS_TOKEN"),
+        "LOG_FORMAT": env.get("LOG_FORMAT", "text"),
         "API_TITLE": "Casting Agency API",
         "API_VERSION": "1.0",
         "OPENAPI_VERSION": "3.1.0",
@@ -85,11 +88,34 @@ def load_config(app, test_config):
         "OPENAPI_JSON_PATH": "openapi.json",
     }
     config.update(test_config or {})
+    config["LOG_FORMAT"] = log_format(config["LOG_FORMAT"])
     config["SQLALCHEMY_DATABASE_URI"] = database_url(config["DATABASE_URL"])
     pooler = config["DATABASE_CONNECTION_POOL_URL"]
     config["REQUESTS_DATABASE_URI"] = database_url(pooler) if pooler else config["SQLALCHEMY_DATABASE_URI"]
     config["SECRET_KEY"] = secret_key(app, config)
     app.config.update(config)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(value):
+    """LOG_FORMAT, checked: `text` (the default) or `json`, in any case; any
+    other value stops the start, naming the setting."""
+    chosen = (value or "text").strip().lower()
+    if chosen not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be text or json, not {value!r}")
+    return chosen
+
+
+def server_setting(name):
+    """A setting as the app will read it (the environment, else the checkout's
+    .env unless FLASK_SKIP_DOTENV is set), for gunicorn's own set-up, which
+    runs before the app is loaded and must agree with it."""
+    value = os.environ.get(name)
+    if not value and get_load_dotenv():
+        value = dotenv_values(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")).get(name)
+    return value or None
 
 
 def secret_key(app, config):

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound, ServiceUnavailable
 from werkzeug.routing import RequestRedirect
 
+import metrics
 from database import unavailable
 
 MESSAGES = {
@@ -66,7 +67,9 @@ def _cut(name):
 
 def error_response(e):
     """The envelope of an HTTPException. Starts from the exception's own
-    response so headers such as a 405's Allow survive."""
+    response so headers such as a 405's Allow survive. A refusal (401, 403,
+    429) is counted here, where every one of them is answered."""
+    metrics.count_rejection(e)
     response = e.get_response()
     body = {"success": False, "error": e.code, "message": MESSAGES.get(e.code, e.name.lower())}
     if "description" in vars(e):  # a message we wrote, not Werkzeug's default
@@ -148,6 +151,7 @@ def register_error_handlers(app):
             # No bug to trace: the service recovers when the database is back.
             app.logger.warning("database unavailable: %s", e.orig)
             return error_response(ServiceUnavailable("the database is unavailable"))
+        e.hide_parameters = True  # the log keeps the SQL, never the values a client sent
         app.logger.exception("database error, request_id=%s", g.get("request_id"))
         return error_response(InternalServerError())
 

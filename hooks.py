@@ -1,10 +1,12 @@
 """What every request goes through, before and after its view: its request id,
-the body's size limit, and the headers every response carries."""
+the body's size limit, the headers every response carries, and what the access
+line and the metrics say of it."""
 
 import io
+import re
 import uuid
 
-from flask import g, request
+from flask import current_app, g, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from config import MIB
@@ -18,6 +20,7 @@ def init_hooks(app):
     app.before_request(assign_request_id)
     app.before_request(refuse_oversized_body)
     app.after_request(security_headers)
+    app.after_request(describe_request)
 
 
 def assign_request_id():
@@ -85,3 +88,65 @@ def security_headers(response):
     # Responses to bearer tokens must stay out of shared caches (the docs page's files set their own).
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+# The WSGI environ's key for what describe_request says of a request.
+DESCRIBED = "casting.request"
+UNMATCHED = "unmatched"  # the route of a request that no route matched
+_TEMPLATES = {}  # a route's rule -> its OpenAPI path template
+
+
+def describe_request(response):
+    """What the access line (logs.py, written by gunicorn once the answer is
+    sent) and the request metrics (metrics.py) say of this request, kept in its
+    WSGI environ, where both find it: its id, its route as the OpenAPI
+    description writes it (never the path sent: the series stay bounded), the
+    token's subject when one verified, and the trace id of a valid W3C
+    traceparent."""
+    environ = request.environ
+    environ[DESCRIBED] = {
+        "request_id": g.get("request_id"),
+        "route": route_template(request.url_rule),
+        "subject": subject(response.status_code),
+        "trace_id": trace_id(environ.get("HTTP_TRACEPARENT")),  # the header, without Werkzeug's lookup
+    }
+    return response
+
+
+def subject(status):
+    """The `sub` of the token this request verified: g.claims once its
+    permission held (auth.requires_auth); for a 403 or a subject's 429, which
+    come after the verification, the verifier's memory of the token."""
+    claims = g.get("claims")
+    if claims is None and status in (403, 429):
+        parts = request.headers.get("Authorization", "").split()
+        if len(parts) == 2:
+            claims = current_app.extensions["auth"].cached(parts[1])
+    return claims["sub"] if claims else None
+
+
+def route_template(rule):
+    """The OpenAPI path template of a route's rule: /actors/<id:actor_id> is
+    /actors/{actor_id}. No rule (a 404, a 405): "unmatched"."""
+    if rule is None:
+        return UNMATCHED
+    template = _TEMPLATES.get(rule.rule)
+    if template is None:
+        template = _TEMPLATES[rule.rule] = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+    return template
+
+
+# W3C Trace Context, version 00: version-traceid-parentid-flags, lower-case hex.
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+NO_ID = re.compile(r"0+")
+
+
+def trace_id(header):
+    """The trace-id of a valid traceparent header, or None: an invalid one is
+    never echoed (neither id may be all zeros)."""
+    if not header:
+        return None
+    match = TRACEPARENT.fullmatch(header.strip())
+    if match is None or NO_ID.fullmatch(match[1]) or NO_ID.fullmatch(match[2]):
+        return None
+    return match[1]

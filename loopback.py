@@ -578,3 +578,26 @@ class Gunicorn:
                 self.process.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)  # any worker the master left behind
+
+
+def on_sqlite(folder, issuer, **settings):
+    """The settings of a production server on a SQLite file in `folder`,
+    migrated by the Procfile's release command: a server of its own, for tests
+    that need no PostgreSQL (SQLite serves several gunicorn workers' reads)."""
+    database_url = f"sqlite:///{os.path.join(folder, 'casting.db')}"
+    release(issuer, database_url)
+    # gunicorn's control socket goes to $XDG_RUNTIME_DIR (else ~/.gunicorn/): each its own.
+    return server_env(issuer, database_url, PORT=str(free_port()), XDG_RUNTIME_DIR=folder, **settings)
+
+
+def children(pid):
+    """The pids of a process's children (a gunicorn master's workers), from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry))
+    return found

@@ -15,7 +15,8 @@ token sends every request); one more row, GET /actors/<id> at the smallest size
 on a second server whose limits count in a redis-server the bench starts, gives
 their cost; three more, at the smallest size on a third server whose
 DATABASE_URL names a PgBouncer in transaction mode that the bench starts, give
-the cost of the pooled path.
+the cost of the pooled path; two more, GET /actors/<id> and the page of 20 at
+the smallest size on a fourth server with metrics and JSON logs on, give theirs.
 
 With BENCH_PROFILE=1 each operation runs once more, untimed, while py-spy
 samples the gunicorn workers from outside; the hottest packages and functions
@@ -40,6 +41,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -130,7 +132,8 @@ class Operation:
     least_share: float | None = None  # of the bare Flask app's requests/s
     most_ratio: float | None = None  # p50 at a size over the p50 at the smallest
     compared_with: str | None = None  # p50 over this operation's at the same size, at most most_ratio
-    server: str = "api"  # which of the run's servers: "bare", "api", "limited" or "pooled" (see main)
+    keeps: str | None = None  # its share of the bare app is at least KEEPS of this operation's, same size
+    server: str = "api"  # which of the run's servers: "bare", "api", "limited", "pooled" or "observed" (see main)
     script: str = "get.lua"  # the wrk script in bench/
 
 
@@ -198,8 +201,25 @@ OPERATIONS = [
     Operation(
         "movie_actors_pooled", "GET /movies/<id>/actors, through PgBouncer", "/movies/{movie}/actors", server="pooled"
     ),
+    # At the smallest size only: the same server with /metrics on (every request counted) and JSON logs.
+    Operation(
+        "get_actor_observed",
+        "GET /actors/<id>, metrics and JSON logs on",
+        "/actors/{actor}",
+        keeps="get_actor",
+        server="observed",
+    ),
+    Operation(
+        "list_actors_observed",
+        "GET /actors (page of 20), metrics and JSON logs on",
+        "/actors",
+        keeps="list_actors",
+        server="observed",
+    ),
 ]
-AT_THE_SMALLEST_SIZE = ("limited", "pooled")  # servers whose rows are measured at the smallest size only
+KEEPS = 0.90  # what metrics and JSON logs may cost: a tenth of an operation's share, at most
+# Servers whose rows are measured at the smallest size only.
+AT_THE_SMALLEST_SIZE = ("limited", "pooled", "observed")
 
 if ONLY - {op.name for op in OPERATIONS}:  # a misspelt name would run the baseline alone
     sys.exit(
@@ -220,6 +240,7 @@ def app_environment(issuer, **extra):
     limits are out of the way (one token sends every request), counted in each worker's memory unless
     `extra` sets REDIS_URL."""
     env = dict(os.environ, DATABASE_URL=DATABASE_URL, AUTH0_DOMAIN="", AUTH0_ISSUER=ISSUER)
+    env.setdefault("SECRET_KEY", "the benchmark's")  # a production start refuses to run without one
     env.update(JWKS_URL=issuer.jwks_url, API_AUDIENCE=AUDIENCE, CORS_ORIGINS="", REDIS_URL="")
     env.update(RATE_LIMIT="100000000/second", RATE_LIMIT_ANONYMOUS="100000000/second", TRUSTED_PROXY_HOPS="0")
     env.update(extra)
@@ -537,6 +558,10 @@ def table(results):
             misses = []
             if op.least_share is not None and share < op.least_share:
                 misses.append(f"share < {op.least_share:.0%}")
+            if op.keeps and (op.keeps, size) in results:
+                kept = share / (results[(op.keeps, size)]["rps"] / results[("bare", size)]["rps"])
+                if kept < KEEPS:
+                    misses.append(f"{kept:.0%} of {op.keeps}'s share < {KEEPS:.0%}")
             if ratio is not None and op.most_ratio is not None and ratio > op.most_ratio:
                 misses.append(f"p50 > {op.most_ratio}x")
             if r["non2xx"] or r["socket_errors"]:
@@ -610,7 +635,9 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
   an Executive Producer's RS256 token checked against a JWKS served on loopback. wrk, gunicorn and
   PostgreSQL share the machine's CPUs. Rate limits out of the way (budgets of 10^8 a second), counted in
   each worker's memory, except for "limits in Redis": the same server with `REDIS_URL` set to a
-  redis-server on 127.0.0.1 (a Redis round trip per count and per header).
+  redis-server on 127.0.0.1 (a Redis round trip per count and per header). "metrics and JSON logs on":
+  the same server with `METRICS_TOKEN` set (every request counted, in prometheus-client's multiprocess
+  files) and `LOG_FORMAT=json` (the access line a JSON object).
 - "of bare Flask": requests/s as a share of the bare Flask app's `GET /` (bench/bare.py: one route, a
   constant; the same gunicorn, `gunicorn.conf.py` and workers) at the same size in the same run.
   "p50 vs {min(SIZES):,}": the p50 at that size over the p50 at {min(SIZES):,} actors.
@@ -621,7 +648,8 @@ Run {started:%Y-%m-%d %H:%M} UTC with `{command_line()}`; it took {elapsed:.0f} 
 - Targets: GET by id >= 50% of the bare Flask app, the counted page >= 40%, the one-match searches (by a
   rare word, and by words many names share) and the cast list >= 35%; p50 at every size within 2x of
   {min(SIZES):,} for every list, 1.3x for GET by id and the writes; the walk's page {WALK_PAGE} within 1.3x of
-  its page 1 at the same size; no non-2xx, no JWKS fetch after the warm-up. The window's last page
+  its page 1 at the same size; with metrics and JSON logs on, by id and the page each keep {KEEPS:.0%} of their
+  share with them off; no non-2xx, no JWKS fetch after the warm-up. The window's last page
   (items 9,901 to 10,000) has no target: it is empty at 1,000 actors and reads 10,000 rows at any larger size.
 {notes}
 
@@ -654,6 +682,10 @@ def main():
             servers["limited"] = start_server(
                 app_environment(issuer, REDIS_URL=redis_url, RATE_LIMIT="100000000/hour"),
                 run_dir / "gunicorn-limited.log",
+            )
+            servers["observed"] = start_server(
+                app_environment(issuer, METRICS_TOKEN=secrets.token_urlsafe(), LOG_FORMAT="json"),
+                run_dir / "gunicorn-observed.log",
             )
             servers["bare"] = start_server(
                 app_environment(issuer), run_dir / "gunicorn-bare.log", app="bench.bare:create_app()"
@@ -705,7 +737,7 @@ def run_size(size, servers, token, issuer, results, notes, wrk_log, run_dir):
     for op in OPERATIONS:
         path = deep_walk if op.name == "walk_deep" else op.path
         if (op.name == "walk_deep" and path is None) or (op.server in AT_THE_SMALLEST_SIZE and size != min(SIZES)):
-            continue  # the walk is shorter than WALK_PAGE pages at this size; Redis, PgBouncer at the smallest size
+            continue  # the walk is shorter than WALK_PAGE pages at this size; some servers at the smallest size only
         if ONLY and op.name not in ONLY | {"bare"}:
             continue
         server = servers[op.server]
