@@ -178,6 +178,10 @@ class DrainingSyncWorker(SyncWorker):
         if not status_line:
             return  # gunicorn wrote nothing
         _version, status, reason = status_line.split(" ", 2)
+        if req is None and getattr(exc, "req", None) is None:
+            # Refused before a request was read (gunicorn's access line needs one, which
+            # some of its errors carry): counted, and its access line (logs.GunicornLogger).
+            self.log.refused(int(status))
         envelope = {"success": False, "error": int(status), "message": self.refusal(int(status), reason, exc)}
         body = (json.dumps(envelope, separators=(",", ":")) + "\n").encode()
         head = (

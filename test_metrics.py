@@ -14,6 +14,7 @@ import hmac
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 import unittest
@@ -324,6 +325,16 @@ class WorkersTest(unittest.TestCase):
             self.assertEqual(
                 counted(changes(before, after), "http_request_duration_seconds_count"), durations(expected)
             )
+
+    def test_gunicorns_own_refusals_are_counted_too(self):
+        before = scrape(self.a)
+        for request in (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"G@T / HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", self.a.port), timeout=10) as client:
+                client.sendall(request)
+                while client.recv(65536):
+                    pass
+        delta = of_series(changes(before, scrape(self.a)), "http_requests_total")
+        self.assertEqual(delta, {**requests("other", "unmatched", 414), **requests("other", "unmatched", 400)})
 
     def test_a_killed_worker_is_replaced_and_no_counter_goes_backwards(self):
         self.send(self.a, self.kinds(), times=4)
