@@ -36,23 +36,28 @@ def refuse_oversized_body():
     sent with Transfer-Encoding: chunked has no length up front: it is read
     here, up to the limit and a byte more, so that it is refused like any
     other (read whole, not cut at the limit)."""
+    environ = request.environ
+    # Most requests send no body: decided from the environ alone (Werkzeug's
+    # properties cost 20 us a request here).
+    if not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+        return
     if request.routing_exception is not None:
         return
     limit = request.max_content_length
     length = request.content_length
-    if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        body = _read(request.environ["wsgi.input"], limit + 1)
+    if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = _read(environ["wsgi.input"], limit + 1)
         if len(body) <= limit:
             # The server has already taken the body apart; the app reads it as a sized one.
-            request.environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
             for name in ("wsgi.input_terminated", "HTTP_TRANSFER_ENCODING"):
-                request.environ.pop(name, None)
+                environ.pop(name, None)
             return
-        _read(request.environ["wsgi.input"], DRAIN_LIMIT - len(body), keep=False)
+        _read(environ["wsgi.input"], DRAIN_LIMIT - len(body), keep=False)
     elif length is None or length <= limit:
         return
     else:
-        _read(request.environ["wsgi.input"], min(length, DRAIN_LIMIT), keep=False)
+        _read(environ["wsgi.input"], min(length, DRAIN_LIMIT), keep=False)
     raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
 
 

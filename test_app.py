@@ -1,7 +1,10 @@
-"""app.py: the factory's wiring: CORS for the configured origins, and the app's memory of
+"""app.py: the factory's wiring: CORS for the configured origins, no cookie sessions, and the app's memory of
 which functions are async."""
 
 import unittest
+
+import flask
+from flask.sessions import NullSession
 
 from app import create_app
 from models import Actor
@@ -90,3 +93,15 @@ class AsyncCheckTest(unittest.TestCase):
             # Flask wraps an async function, which needs Flask's async extra (not installed).
             with self.assertRaisesRegex(RuntimeError, "async"):
                 app.ensure_sync(coroutine)
+
+
+class NoSessionsTest(ApiTestCase):
+    def test_a_request_opens_no_cookie_session_and_sets_no_cookie(self):
+        # SECRET_KEY is set (it signs cursors); Flask would open a signed cookie session with it.
+        self.assertTrue(self.app.config["SECRET_KEY"])
+        with self.app.test_request_context("/", headers={"Cookie": "session=eyJ4IjoxfQ.forged"}):
+            self.app.preprocess_request()
+            self.assertIsInstance(flask.session._get_current_object(), NullSession)
+        response = self.client.get("/", headers={"Cookie": "session=eyJ4IjoxfQ.forged"})
+        self.assertEqual(response.status_code, 200)
+        self.assertNotIn("Set-Cookie", response.headers)
