@@ -155,24 +155,17 @@ class ApiBlueprint(Blueprint):
 
     ARGUMENTS_PARSER = BodyParser()
 
-    # flask-smorest's `doc` and `alt_response` describe an operation by wrapping
-    # its view in a function that only passes the call on; these keep the
-    # description and drop the wrapper.
-    @staticmethod
-    def doc(**kwargs):
-        return _described_only(Blueprint.doc(**kwargs))
-
-    def alt_response(self, *args, **kwargs):
-        return _described_only(super().alt_response(*args, **kwargs))
-
     def response(self, status_code, schema=None, **kwargs):
         """flask-smorest's `response`, dumped by the schema's compiled dumper
-        (schemas.dumper) instead of marshmallow's `dump`."""
+        (schemas.dumper) instead of marshmallow's `dump`. The description is
+        flask-smorest's own: its decorator's function, never called, lends the
+        wrapper its attributes (functools.wraps), as its decorators do for
+        each other."""
         describe = super().response(status_code, schema, **kwargs)
         dump = schemas.dumper(resolve_schema_instance(schema))
 
         def decorator(view):
-            @functools.wraps(view)
+            @functools.wraps(describe(view))
             def wrapper(*args, **kwargs):
                 body, status, headers = unpack_tuple_response(view(*args, **kwargs))
                 if not isinstance(body, Response):
@@ -181,18 +174,9 @@ class ApiBlueprint(Blueprint):
                 set_status_and_headers_in_response(body, status, headers)
                 return body
 
-            wrapper._apidoc = describe(view)._apidoc
             return wrapper
 
         return decorator
-
-
-def _described_only(decorator):
-    def describe(view):
-        view._apidoc = decorator(view)._apidoc
-        return view
-
-    return describe
 
 
 class SchemaPlugin(MarshmallowPlugin):

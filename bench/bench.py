@@ -98,9 +98,10 @@ PRODUCER = [
 SEARCH_ONE = "quill"
 # Most last names end in "son" (the rest in other endings), so ?q=son matches most actors.
 SEARCH_MOST = "son"
-# Of every ten actors, one is named "Seed actor <id>" and one "Bulk <32 hex digits>" (the other
-# eight as above): searches whose words many rows share. A whole bulk name matches one actor; the
-# seed actor search one at 1,000 actors (more as the ids grow longer: 7,771, 77,711, ...).
+# Of every ten actors, one is named "Seed actor <id in 7 digits>" and one "Bulk <32 hex digits>"
+# (the other eight as above): searches whose words many rows share. A whole bulk name matches one
+# actor, and so does the seed actor search at every size (its id is padded: "seed actor 771" would
+# also find 7,711, 77,101, ...).
 SEED_ACTOR = 771
 BULK_ACTOR = 502
 # A search of the longest length allowed, that no name holds.
@@ -121,7 +122,11 @@ def bulk_name(id_):
 
 
 SEARCH_WHOLE_NAME = quote(bulk_name(BULK_ACTOR))
-SEARCH_SHARED_WORDS = quote(f"seed actor {SEED_ACTOR}")
+def seed_actor_name(id_):
+    return f"Seed actor {id_:07d}"
+
+
+SEARCH_SHARED_WORDS = quote(seed_actor_name(SEED_ACTOR).lower())
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ OPERATIONS = [
     # look up cheaply; one or two letters; the longest search allowed; pages past the end of long lists.
     Operation(
         "search_shared_words",
-        f"GET /actors?q=seed actor {SEED_ACTOR} (words many share)",
+        f"GET /actors?q={seed_actor_name(SEED_ACTOR).lower()} (words many share)",
         f"/actors?q={SEARCH_SHARED_WORDS}",
         0.35,
         2.0,
@@ -280,7 +285,7 @@ def generate(actors, seed=1):
         if id_ == needle:
             return f"{rng.choice(FIRST_NAMES)} Quillfeather"
         if id_ % 10 == SEED_ACTOR % 10:
-            return f"Seed actor {id_}"
+            return seed_actor_name(id_)
         if id_ % 10 == BULK_ACTOR % 10:
             return bulk_name(id_)
         last = "".join(rng.sample(SYLLABLES, rng.randint(2, 3))) + rng.choice(ENDINGS)
@@ -409,17 +414,18 @@ def check_data(base, token, actors):
     cast = get_json(f"{base}/movies/1/actors", token)["total_actors"]
     get_json(f"{base}/actors/{actors}", token)
     nothing = [q for q in ("x", quote(SEARCH_LONGEST)) if get_json(f"{base}/actors?q={q}", token)["total_actors"]]
-    if total != actors or one != 1 or whole_name != 1 or nothing:
+    if total != actors or one != 1 or whole_name != 1 or shared["total_actors"] != 1 or nothing:
         raise RuntimeError(
-            f"expected {actors} actors, 1 match of {SEARCH_ONE!r} and of a whole bulk name, none of ?q=x "
-            f"or the longest search; got {total}, {one}, {whole_name} and matches of {nothing}"
+            f"expected {actors} actors, 1 match of {SEARCH_ONE!r}, of a whole bulk name and of a seed actor, "
+            f"none of ?q=x or the longest search; got {total}, {one}, {whole_name}, {shared['total_actors']} "
+            f"and matches of {nothing}"
         )
 
     def counted(body):
         return f"{body['total_actors']:,}{'' if body['total_exact'] else '+'}"
 
     return (
-        f"?q={SEARCH_ONE} and a whole bulk name match 1, ?q=seed actor {SEED_ACTOR} {counted(shared)}, "
+        f"?q={SEARCH_ONE}, a whole bulk name and ?q={seed_actor_name(SEED_ACTOR).lower()} match 1, "
         f"?q={SEARCH_MOST} {counted(most)}, ?q=ra {counted(letters)}, ?{FILTER} {counted(filtered)} "
         f"(+: the count stopped at its bound); movie 1 has {cast} actors"
     )
