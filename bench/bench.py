@@ -122,6 +122,8 @@ def bulk_name(id_):
 
 
 SEARCH_WHOLE_NAME = quote(bulk_name(BULK_ACTOR))
+
+
 def seed_actor_name(id_):
     return f"Seed actor {id_:07d}"
 
