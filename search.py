@@ -94,7 +94,7 @@ def pieces_to_look_up(pattern, share):
     size = min(len(pattern), PIECE)
     if size == 0:
         return ()
-    pieces = sorted({pattern[i : i + size] for i in range(len(pattern) - size + 1)}, key=lambda p: (share(p), p))
+    pieces = sorted({pattern[i : i + size] for i in range(len(pattern) - size + 1)}, key=lambda p: rarity(p, share))
     chosen, holding = [], 1.0  # the share of rows expected to hold every piece chosen
     for piece in pieces[:MOST_PIECES]:
         if chosen and share(piece) >= holding * ENTRIES_PER_ROW:
@@ -102,6 +102,16 @@ def pieces_to_look_up(pattern, share):
         chosen.append(piece)
         holding *= share(piece)
     return tuple(chosen) if holding < SCAN_SHARE else ()
+
+
+def rarity(piece, share):
+    """How common `piece` is, to sort by: its share of rows, then, among the
+    pieces the statistics do not list (all of them given one share), the
+    shares of its two shorter pieces ("771" before "000" when "00" is listed
+    as common and "77" and "71" are not), then the piece itself, so that the
+    same search always looks up the same pieces."""
+    parts = share(piece[:-1]) * share(piece[1:]) if len(piece) > 1 else 0.0
+    return share(piece), parts, piece
 
 
 def shares(connection, index):

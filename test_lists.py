@@ -20,7 +20,7 @@ from sqlalchemy import delete, insert, text
 
 from app import create_app
 from models import Actor, Casting, Movie, db, fold
-from search import Shares
+from search import Shares, pieces_to_look_up
 from testing import ApiTestCase, app_config, assert_flat_cost, copy_rows, dispose, read_by
 
 # Names that differ only in case or accents, ages and genders with ties, so
@@ -544,6 +544,14 @@ class SearchTest(ApiTestCase):
                     with self.subTest(q=q, statistics=said):
                         expected = [a["id"] for a in self.actors if fold(q) in fold(a["name"])]
                         self.assertEqual(self.found(q), (expected, len(expected)))
+
+    def test_among_pieces_the_statistics_do_not_list_the_ones_made_of_rarer_parts_go_first(self):
+        # A tenth of the names are "Seed actor <id in 7 digits>": the words' pieces are listed, and
+        # "00" is common, so "000" is likely common too, though the statistics do not list it.
+        words = "seed actor "
+        shares = {words[i : i + n]: 0.1 for n in (1, 2, 3) for i in range(len(words) - n + 1)}
+        shares = Shares({**shares, "0": 0.6, "00": 0.4, "07": 0.01}, 0.000_1)
+        self.assertEqual(pieces_to_look_up("seed actor 0000771", shares), ("771", "077"))
 
     def test_the_specs_examples(self):
         zoe, emilie = self.actors[0]["id"], self.actors[5]["id"]
