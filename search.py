@@ -83,35 +83,32 @@ class Shares:
     listed: dict = field(default_factory=dict)
     unlisted: float = UNKNOWN_SHARE
 
-    def __call__(self, piece):
-        return self.listed.get(piece, self.unlisted)
 
-
-def pieces_to_look_up(pattern, share):
+def pieces_to_look_up(pattern, shares):
     """The pieces of `pattern` (folded) that the index should look up, rarest
     first: () when even the rarest are held by so many rows that reading the
-    list in order costs less. `share(piece)` is the share of rows holding it."""
+    list in order costs less. `shares` says how many rows hold a piece.
+
+    Rarest first: by the share of rows holding the piece; among pieces the
+    statistics do not list (all given one share), by the shares of its two
+    shorter pieces ("771" before "000" when "00" is listed as common and "77"
+    and "71" are not); then by the piece itself, so that a search always looks
+    up the same pieces."""
     size = min(len(pattern), PIECE)
     if size == 0:
         return ()
-    pieces = sorted({pattern[i : i + size] for i in range(len(pattern) - size + 1)}, key=lambda p: rarity(p, share))
+    share, unlisted = shares.listed.get, shares.unlisted  # called 3 times a piece: no method calls
+    ranked = sorted(
+        (share(piece, unlisted), share(piece[:-1], unlisted) * share(piece[1:], unlisted), piece)
+        for piece in {pattern[i : i + size] for i in range(len(pattern) - size + 1)}
+    )
     chosen, holding = [], 1.0  # the share of rows expected to hold every piece chosen
-    for piece in pieces[:MOST_PIECES]:
-        if chosen and share(piece) >= holding * ENTRIES_PER_ROW:
+    for piece_share, _, piece in ranked[:MOST_PIECES]:
+        if chosen and piece_share >= holding * ENTRIES_PER_ROW:
             break  # its entries would cost more than the rows it rules out
         chosen.append(piece)
-        holding *= share(piece)
+        holding *= piece_share
     return tuple(chosen) if holding < SCAN_SHARE else ()
-
-
-def rarity(piece, share):
-    """How common `piece` is, to sort by: its share of rows, then, among the
-    pieces the statistics do not list (all of them given one share), the
-    shares of its two shorter pieces ("771" before "000" when "00" is listed
-    as common and "77" and "71" are not), then the piece itself, so that the
-    same search always looks up the same pieces."""
-    parts = share(piece[:-1]) * share(piece[1:]) if len(piece) > 1 else 0.0
-    return share(piece), parts, piece
 
 
 def shares(connection, index):
