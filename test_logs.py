@@ -32,7 +32,7 @@ from app import create_app
 from config import ConfigError
 from hooks import trace_id
 from logs import SCRUB, GunicornLogger, JsonFormatter, scrub
-from loopback import HOST, Gunicorn, Issuer, call, on_sqlite, rsa_key, run_procfile
+from loopback import HOST, Gunicorn, Issuer, call, on_sqlite, rsa_key, run_procfile, server_env
 from testing import app_config
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -173,6 +173,15 @@ class LogFormatTest(unittest.TestCase):
         entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]  # each line JSON
         [refusal] = [entry for entry in entries if entry["level"] == "error"]
         self.assertRegex(refusal["message"], "^Error: SECRET_KEY is not set")
+
+    def test_the_release_phase_in_json_is_json_too(self):
+        with tempfile.TemporaryDirectory() as folder:
+            env = server_env(testing.ISSUER_ON_LOOPBACK, f"sqlite:///{os.path.join(folder, 'casting.db')}")
+            result = run_procfile("release", {**env, "LOG_FORMAT": "json"})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]  # each line JSON
+        migrations = [entry["message"] for entry in entries if entry["logger"] == "alembic.runtime.migration"]
+        self.assertIn("Running upgrade  -> 0001, actors, movies and castings", migrations)
 
 
 class GunicornLoggerTest(unittest.TestCase):

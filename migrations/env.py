@@ -10,10 +10,16 @@ from models import schema_comparison
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-# Keep the app's own loggers: a migration run inside the app must not mute them.
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# alembic.ini's logging: its text lines, at its levels. With LOG_FORMAT=json the
+# app has made every line one JSON object (logs.py), and alembic.ini's handler
+# would put text lines beside them: only its levels are kept then. Either way
+# the app's own loggers stay: a migration run inside the app must not mute them.
+if current_app.config["LOG_FORMAT"] == "json":
+    for name in ("alembic", "flask_migrate"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+else:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
 
 
