@@ -99,13 +99,18 @@ class CastingFlask(Flask):
     function (inspect unwraps it each time: 10 us a request); the answer for
     a function never changes. Bound methods (a MethodView's, new each request)
     are remembered by their function. Held weakly: a closure made per request
-    (after_this_request) is forgotten with the request. No cookie sessions."""
+    (after_this_request) is forgotten with the request. No cookie sessions, no
+    merged slashes."""
 
     session_interface = NoSessions()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._is_async = weakref.WeakKeyDictionary()
+        # A path with // inside is a 404 in the envelope naming the path meant
+        # (errors.routing_error), as a trailing slash is, not Werkzeug's 308
+        # with an HTML body.
+        self.url_map.merge_slashes = False
 
     def ensure_sync(self, func):
         key = getattr(func, "__func__", func)

@@ -93,16 +93,18 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 def routing_error(e):
     """The router's 404 and 405, with the route the client likely meant:
-    `/actors/` names `/actors`; a method that the path does not take names
+    `/actors/` and `/actors//3` name `/actors` and `/actors/3`; a method that the path does not take names
     the route that does (`POST /movies/7/actors`: `PUT /movies/7/actors/{actor_id}`)."""
     if e is not request.routing_exception:  # a view's own 404 (no such actor)
         return error_response(e)
     adapter = current_app.create_url_adapter(request)
     path = request.path
     if isinstance(e, NotFound):
-        bare = path.rstrip("/") or "/"
+        merged = re.sub("/{2,}", "/", path)
+        bare = merged.rstrip("/") or "/"
         if bare != path and _routed(adapter, bare):
-            e = NotFound(f"resource not found: {path} ends with a slash; the path is {bare}")
+            why = "has //" if "//" in path.rstrip("/") else "ends with a slash"
+            e = NotFound(f"resource not found: {path} {why}; the path is {bare}")
     else:
         allowed = [m for m in METHODS if m in e.valid_methods]
         message = f"method not allowed: {path} takes {', '.join(allowed)}, not {request.method}"

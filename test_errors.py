@@ -4,6 +4,8 @@ and never leaking a traceback or SQL."""
 import datetime
 from unittest import mock
 
+from werkzeug.test import EnvironBuilder
+
 from models import MAX_ID, Actor, AuditEvent, Movie
 from testing import ACTOR, ApiTestCase
 
@@ -54,6 +56,22 @@ class RoutingHintTest(ApiTestCase):
                 message = f"resource not found: {path} ends with a slash; the path is {bare}"
                 self.assertEqual(self.assertError(self.call(method, path), 404)["message"], message)
         self.assertEqual(self.assertError(self.call("GET", "/directors/"), 404)["message"], "resource not found")
+        self.assertEqual(len(self.rows(Actor)), 1)
+
+    def test_a_doubled_slash_is_a_404_naming_the_path_meant_not_an_html_redirect(self):
+        actor = self.add(Actor, **ACTOR)["id"]
+        for method, path, meant in (
+            ("GET", f"/actors//{actor}", f"/actors/{actor}"),
+            ("DELETE", f"/actors//{actor}", f"/actors/{actor}"),
+            ("GET", "/movies//2/actors", "/movies/2/actors"),
+            ("PUT", f"/movies/2//actors/{actor}/", f"/movies/2/actors/{actor}"),
+        ):
+            with self.subTest(method, path=path):
+                environ = EnvironBuilder(method=method, path="/", headers=self.headers()).get_environ()
+                environ["PATH_INFO"] = path  # as a server passes it (the test client reads // as a host)
+                response = self.app.response_class.from_app(self.app, environ)
+                message = f"resource not found: {path} has //; the path is {meant}"
+                self.assertEqual(self.assertError(response, 404)["message"], message)
         self.assertEqual(len(self.rows(Actor)), 1)
 
     def test_a_method_the_path_does_not_take_names_the_route_that_does(self):
