@@ -93,8 +93,9 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 def routing_error(e):
     """The router's 404 and 405, with the route the client likely meant:
-    `/actors/` and `/actors//3` name `/actors` and `/actors/3`; a method that the path does not take names
-    the route that does (`POST /movies/7/actors`: `PUT /movies/7/actors/{actor_id}`)."""
+    `/actors/` and `/actors//3` name `/actors` and `/actors/3`; a method that
+    the path does not take names the route that does (`POST /movies/7/actors`:
+    `PUT /movies/7/actors/{actor_id}`)."""
     if e is not request.routing_exception:  # a view's own 404 (no such actor)
         return error_response(e)
     adapter = current_app.create_url_adapter(request)

@@ -38,7 +38,7 @@ def refuse_oversized_body():
     other (read whole, not cut at the limit)."""
     environ = request.environ
     # Most requests send no body: decided from the environ alone (Werkzeug's
-    # properties cost 20 us a request here).
+    # properties cost 6 us a request here).
     if not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
         return
     if request.routing_exception is not None:

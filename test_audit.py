@@ -520,9 +520,7 @@ class FlatCostTest(AuditTestCase):
 
     def setUp(self):
         super().setUp()
-        with self.app.app_context():
-            if db.engine.dialect.name != "postgresql":
-                self.skipTest("the indexes that bound the cost exist on PostgreSQL only")
+        self.requires_postgresql("the indexes that bound the cost exist on PostgreSQL only")
         self.events_made = 0
 
     def grow_to(self, count):

@@ -88,9 +88,8 @@ class ConnectionPoolTest(ApiTestCase):
 
 class StaleConnectionTest(ApiTestCase):
     def test_a_connection_the_server_closed_is_replaced_before_use(self):
+        self.requires_postgresql("SQLite has no server to close a connection")
         engine = self.app.extensions["statements"]
-        if engine.dialect.name != "postgresql":
-            self.skipTest("SQLite has no server to close a connection")
         with engine.connect() as connection:  # the pool's one connection, back in the pool after
             pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with self.app.app_context(), db.engine.begin() as connection:
@@ -106,9 +105,8 @@ class PreparedStatementTest(ApiTestCase):
     def test_reads_by_id_and_lists_in_id_order_are_prepared_searches_filters_and_sorts_are_not(self):
         """database.prepared: PostgreSQL keeps one plan for a prepared select,
         so only the selects whose best plan suits every value may be one."""
+        self.requires_postgresql("prepared statements are PostgreSQL's")
         engine = self.app.extensions["statements"]
-        if engine.dialect.name != "postgresql":
-            self.skipTest("prepared statements are PostgreSQL's")
         actor = self.add(Actor, **ACTOR)["id"]
         movie = self.add(Movie, **MOVIE_ROW)["id"]
         self.add(Casting, movie_id=movie, actor_id=actor)
@@ -134,8 +132,7 @@ class PreparedStatementRecoveryTest(ApiTestCase):
 
     def setUp(self):
         super().setUp()
-        if self.app.extensions["statements"].dialect.name != "postgresql":
-            self.skipTest("prepared statements are PostgreSQL's")
+        self.requires_postgresql("prepared statements are PostgreSQL's")
         actor = self.add(Actor, **ACTOR)["id"]
         movie = self.add(Movie, **MOVIE_ROW)["id"]
         self.add(Casting, movie_id=movie, actor_id=actor, character="Ruth")
@@ -223,8 +220,7 @@ class RequestSettingsTest(ApiTestCase):
         self.assertEqual(database.named_in_options(""), set())
 
     def test_the_requests_connections_keep_the_operators_options(self):
-        if self.app.extensions["statements"].dialect.name != "postgresql":
-            self.skipTest("PostgreSQL's settings")
+        self.requires_postgresql("PostgreSQL's settings")
         options = urllib.parse.quote("-c search_path=public,pg_catalog --lock-timeout=1234")
         app = create_app(app_config(DATABASE_URL=f"{DATABASE_URL}?options={options}", DB_STATEMENT_TIMEOUT=7))
         self.addCleanup(dispose, app)
@@ -245,8 +241,7 @@ class TimeoutTest(ApiTestCase):
 
     def setUp(self):
         super().setUp()
-        if self.app.extensions["statements"].dialect.name != "postgresql":
-            self.skipTest("SQLite has no timeouts: a writer waits for the file's lock")
+        self.requires_postgresql("SQLite has no timeouts: a writer waits for the file's lock")
 
     def assertUnavailable(self, method, path, because, **kwargs):
         """The request answers a 503 within 10 s: in a thread, since without
@@ -351,8 +346,7 @@ class DatabaseErrorTest(ApiTestCase):
         self.assertAnswer(DBAPIError.instance("SELECT 1", {}, error, psycopg2.Error, connection_invalidated=True), 503)
 
     def test_postgresql_server_errors_by_sqlstate(self):
-        if self.app.extensions["statements"].dialect.name != "postgresql":
-            self.skipTest("the SQLSTATEs of a PostgreSQL server; psycopg2's classes are tested on every run")
+        self.requires_postgresql("the SQLSTATEs of a PostgreSQL server; psycopg2's classes are tested on every run")
         for sqlstate, status in SERVER_ERRORS:
             with self.subTest(sqlstate):
                 statement = text(f"DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END $$")
@@ -367,8 +361,7 @@ class DatabaseErrorTest(ApiTestCase):
         """database.rows runs a request's selects on psycopg2's cursor: its
         errors must reach the handlers as SQLAlchemy's DBAPIError, and a lost
         connection must be invalidated, as on SQLAlchemy's own path."""
-        if self.app.extensions["statements"].dialect.name != "postgresql":
-            self.skipTest("the fast path is PostgreSQL's; SQLite's selects run through SQLAlchemy")
+        self.requires_postgresql("the fast path is PostgreSQL's; SQLite's selects run through SQLAlchemy")
         cases = [  # (select, SQLSTATE, the connection was lost)
             (select(literal_column("1/0")), "22012", False),
             (select(func.pg_terminate_backend(func.pg_backend_pid())), "57P01", True),

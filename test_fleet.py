@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -177,10 +176,7 @@ class Load:
 class FleetTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="casting-agency-fleet-")
-        cls.addClassCleanup(shutil.rmtree, cls.dir, ignore_errors=True)
-        cls.issuer = loopback.Issuer(testing.ISSUER, testing.AUDIENCE)
-        cls.addClassCleanup(cls.issuer.stop)
+        cls.dir, cls.issuer = testing.folder_and_issuer(cls, "fleet")
         cls.pg = migrated_cluster(testing.ISSUER_ON_LOOPBACK, DATABASE)
         cls.addClassCleanup(cls.pg.close)
         cls.pg.start()

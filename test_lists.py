@@ -577,9 +577,8 @@ class FoldTest(ApiTestCase):
     TEXTS = ["ΟΔΟΣ ΣΑΣ", "Σ", "İSTANBUL", "e\u0301\u0323", "Ǆ ǅ ǆ", "ﬃ", "Ⅻ", "①", "㎧", "ẞ", "Ⱥ", "ᾼ", "ǰ"]
 
     def test_the_databases_fold_is_pythons_on_every_assigned_code_point(self):
+        self.requires_postgresql("SQLite's casting_fold is models.fold itself")
         with self.app.app_context(), db.engine.connect() as connection:
-            if connection.dialect.name != "postgresql":
-                self.skipTest("SQLite's casting_fold is models.fold itself")
             characters = [chr(c) for c in range(1, 0x110000) if unicodedata.category(chr(c)) not in ("Cs", "Co", "Cn")]
             texts = [f"A{c}a" for c in characters] + self.TEXTS  # within a word: the final sigma's case
             folded = connection.execute(
@@ -764,9 +763,7 @@ class FlatCostTest(ApiTestCase):
 
     def setUp(self):
         super().setUp()
-        with self.app.app_context():
-            if db.engine.dialect.name != "postgresql":
-                self.skipTest("the indexes that bound the cost exist on PostgreSQL only")
+        self.requires_postgresql("the indexes that bound the cost exist on PostgreSQL only")
         self.rng = random.Random(3)  # noqa: S311 (test data)
         self.actors = 0
 

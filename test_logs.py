@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import sqlite3
 import sys
@@ -227,10 +226,7 @@ class ServerTestCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.folder = tempfile.mkdtemp(prefix="casting-agency-logs-")
-        cls.addClassCleanup(shutil.rmtree, cls.folder, ignore_errors=True)
-        cls.issuer = Issuer(testing.ISSUER, testing.AUDIENCE)
-        cls.addClassCleanup(cls.issuer.stop)
+        cls.folder, cls.issuer = testing.folder_and_issuer(cls, "logs")
         cls.env = on_sqlite(cls.folder, cls.issuer, TMPDIR=cls.folder, WEB_CONCURRENCY="2", **cls.settings)
         cls.server = Gunicorn(cls.env, os.path.join(cls.folder, "gunicorn.log"))
         cls.addClassCleanup(cls.server.stop)

@@ -12,10 +12,8 @@ backwards, and a second instance beside it counting its own requests only.
 import glob
 import hmac
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 import unittest
 import uuid
@@ -25,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import testing
 from app import create_app
-from loopback import Gunicorn, Issuer, call, children, on_sqlite
+from loopback import Gunicorn, call, children, on_sqlite
 from testing import ApiTestCase, app_config
 
 TOKEN = "a-scrape-token-" + uuid.uuid4().hex
@@ -278,10 +276,7 @@ class WorkersTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.folder = tempfile.mkdtemp(prefix="casting-agency-metrics-")
-        cls.addClassCleanup(shutil.rmtree, cls.folder, ignore_errors=True)
-        cls.issuer = Issuer(testing.ISSUER, testing.AUDIENCE)
-        cls.addClassCleanup(cls.issuer.stop)
+        cls.folder, cls.issuer = testing.folder_and_issuer(cls, "metrics")
         cls.token = cls.issuer.role_token("Executive Producer")
         cls.a = cls.instance("a", WEB_CONCURRENCY="3")
         cls.b = cls.instance("b", WEB_CONCURRENCY="2")

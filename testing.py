@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import io
 import os
+import shutil
 import tempfile
 import unittest
 import uuid
@@ -53,6 +54,18 @@ ISSUER = "https://issuer.test/"
 AUDIENCE = "casting-agency-test"
 
 ISSUER_ON_LOOPBACK = Issuer(ISSUER, AUDIENCE)
+
+
+def folder_and_issuer(cls, name):
+    """For a class of tests that start servers of their own: a folder, removed
+    after the class, and an issuer of the suite's tokens on loopback, stopped
+    after it."""
+    folder = tempfile.mkdtemp(prefix=f"casting-agency-{name}-")
+    cls.addClassCleanup(shutil.rmtree, folder, ignore_errors=True)
+    issuer = Issuer(ISSUER, AUDIENCE)
+    cls.addClassCleanup(issuer.stop)
+    return folder, issuer
+
 
 # No issuer configured: the app is its own (auth.LocalIssuer), its key in an
 # instance folder of the test run's.
@@ -152,6 +165,11 @@ class ApiTestCase(unittest.TestCase):
         prepare_database(self.app)
         self.client = self.app.test_client()
         self.addCleanup(self._empty_database)
+
+    def requires_postgresql(self, why):
+        """Skips the test, saying why, when the suite runs on SQLite."""
+        if self.app.extensions["statements"].dialect.name != "postgresql":
+            self.skipTest(why)
 
     def _empty_database(self):
         with self.app.app_context(), db.engine.begin() as connection:
